@@ -1,0 +1,291 @@
+//! Session resolution at Kratos: `GET {kratos.public_url}/sessions/whoami` (reference/kratos.md §a).
+
+use std::time::{Duration, SystemTime};
+
+use reqwest::StatusCode;
+use reqwest::header::{COOKIE, HeaderValue, RETRY_AFTER};
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use crate::clients::BoxFuture;
+use crate::config::KratosSettings;
+use crate::exchange::SubjectTokenKind;
+use crate::secret::Secret;
+
+/// A session credential as the client presented it.
+#[derive(Debug, Clone)]
+pub struct SubjectToken {
+    /// Token or cookie value.
+    pub kind: SubjectTokenKind,
+    /// The credential.
+    pub value: Secret,
+}
+
+/// What Iris needs of a Kratos session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The Kratos session id (`sid`).
+    pub id: String,
+    /// The identity id (`sub`).
+    pub identity_id: String,
+    /// `active` as Kratos computed it.
+    pub active: bool,
+    /// `identity.state`.
+    pub identity_state: String,
+    /// No token outlives this.
+    pub expires_at: SystemTime,
+    /// `auth_time`.
+    pub authenticated_at: SystemTime,
+    /// `acr`: the raw AAL (`aal1`, `aal2`).
+    pub aal: String,
+    /// `amr`: method names of `authentication_methods`, in order, without repeats.
+    pub amr: Vec<String>,
+    /// The `email` trait, when the identity schema has one.
+    pub email: Option<String>,
+    /// Whether a verified verifiable address equals the email trait.
+    pub email_verified: bool,
+}
+
+/// Why a session could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Kratos answered 401: no valid session for this credential.
+    #[error("the subject token is not a valid Kratos session")]
+    Invalid,
+    /// Kratos answered 403 `session_aal2_required`.
+    #[error("the session needs a second factor: complete AAL2 sign-in at Kratos, then retry")]
+    SecondFactorRequired,
+    /// The credential cannot be sent as an HTTP header value.
+    #[error("the subject token is not a valid Kratos session credential")]
+    Unsendable,
+    /// Kratos is unreachable, slow, rate limiting, failing or answering out of contract.
+    #[error("Kratos is unavailable: {reason}")]
+    Upstream {
+        /// What happened (for logs; never shown to clients).
+        reason: String,
+        /// Seconds the client should wait before retrying.
+        retry_after: u64,
+    },
+}
+
+impl SessionError {
+    fn upstream(reason: impl Into<String>) -> Self {
+        SessionError::Upstream {
+            reason: reason.into(),
+            retry_after: 1,
+        }
+    }
+}
+
+/// Resolves subject tokens to sessions; a trait so the exchange can be tested without HTTP.
+pub trait SessionResolver: Send + Sync {
+    /// Resolves one credential. Failures are never cached.
+    fn resolve<'a>(
+        &'a self,
+        token: &'a SubjectToken,
+    ) -> BoxFuture<'a, Result<Session, SessionError>>;
+}
+
+/// The Kratos public API client.
+pub struct KratosClient {
+    http: reqwest::Client,
+    whoami: reqwest::Url,
+    cookie_name: String,
+}
+
+impl KratosClient {
+    /// A pooled client for Kratos's public URL with the configured per-call timeout.
+    pub fn new(settings: &KratosSettings) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()?;
+        let mut whoami = settings.public_url.clone();
+        // Keep a path prefix (Kratos behind a path-routing gateway) and append the endpoint.
+        let base = whoami.path().trim_end_matches('/').to_owned();
+        whoami.set_path(&format!("{base}/sessions/whoami"));
+        whoami.set_query(None);
+        Ok(KratosClient {
+            http,
+            whoami,
+            cookie_name: settings.session_cookie.clone(),
+        })
+    }
+
+    async fn whoami(&self, token: &SubjectToken) -> Result<Session, SessionError> {
+        let (name, value) = match token.kind {
+            SubjectTokenKind::SessionToken => ("x-session-token", token.value.expose().to_owned()),
+            SubjectTokenKind::SessionCookie => {
+                // Clients sometimes quote the cookie value (kratos#3685); Kratos's parser strips it.
+                (
+                    "cookie",
+                    format!("{}={}", self.cookie_name, token.value.expose()),
+                )
+            }
+        };
+        let mut value = HeaderValue::from_str(&value).map_err(|_| SessionError::Unsendable)?;
+        value.set_sensitive(true);
+        let header = if name == "cookie" {
+            COOKIE
+        } else {
+            reqwest::header::HeaderName::from_static("x-session-token")
+        };
+        let response = self
+            .http
+            .get(self.whoami.clone())
+            .header(header, value)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| SessionError::upstream(describe_transport(&e)))?;
+        let status = response.status();
+        match status {
+            StatusCode::OK => {
+                let body = response
+                    .bytes()
+                    .await
+                    .map_err(|e| SessionError::upstream(describe_transport(&e)))?;
+                let wire: WireSession = serde_json::from_slice(&body).map_err(|e| {
+                    SessionError::upstream(format!(
+                        "whoami answered 200 with an unexpected body: {e}"
+                    ))
+                })?;
+                wire.into_session()
+            }
+            StatusCode::UNAUTHORIZED => Err(SessionError::Invalid),
+            StatusCode::FORBIDDEN => {
+                let body = response.bytes().await.unwrap_or_default();
+                let id = serde_json::from_slice::<WireError>(&body)
+                    .ok()
+                    .and_then(|e| e.error.id);
+                match id.as_deref() {
+                    Some("session_aal2_required") => Err(SessionError::SecondFactorRequired),
+                    _ => Err(SessionError::Invalid),
+                }
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                let retry_after = response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map_or(1, |s| s.clamp(1, 60));
+                Err(SessionError::Upstream {
+                    reason: "whoami answered 429".into(),
+                    retry_after,
+                })
+            }
+            other => Err(SessionError::upstream(format!("whoami answered {other}"))),
+        }
+    }
+}
+
+impl SessionResolver for KratosClient {
+    fn resolve<'a>(
+        &'a self,
+        token: &'a SubjectToken,
+    ) -> BoxFuture<'a, Result<Session, SessionError>> {
+        Box::pin(self.whoami(token))
+    }
+}
+
+fn describe_transport(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        "whoami timed out".into()
+    } else if error.is_connect() {
+        "Kratos is unreachable".into()
+    } else {
+        // reqwest errors carry the URL, never headers: safe to log.
+        format!("whoami failed: {error}")
+    }
+}
+
+// === The wire format (schema `session`, reference/kratos.md §a) ===
+
+#[derive(Deserialize)]
+struct WireSession {
+    id: String,
+    #[serde(default)]
+    active: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    expires_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    authenticated_at: OffsetDateTime,
+    #[serde(default)]
+    authenticator_assurance_level: String,
+    #[serde(default)]
+    authentication_methods: Vec<WireMethod>,
+    identity: WireIdentity,
+}
+
+#[derive(Deserialize)]
+struct WireMethod {
+    method: String,
+}
+
+#[derive(Deserialize)]
+struct WireIdentity {
+    id: String,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    traits: serde_json::Value,
+    #[serde(default)]
+    verifiable_addresses: Vec<WireAddress>,
+}
+
+#[derive(Deserialize)]
+struct WireAddress {
+    value: String,
+    #[serde(default)]
+    verified: bool,
+}
+
+#[derive(Deserialize)]
+struct WireError {
+    error: WireErrorBody,
+}
+
+#[derive(Deserialize)]
+struct WireErrorBody {
+    id: Option<String>,
+}
+
+impl WireSession {
+    fn into_session(self) -> Result<Session, SessionError> {
+        let email = self
+            .identity
+            .traits
+            .get("email")
+            .and_then(serde_json::Value::as_str)
+            .map(String::from);
+        let email_verified = email.as_deref().is_some_and(|email| {
+            self.identity
+                .verifiable_addresses
+                .iter()
+                .any(|a| a.verified && a.value == email)
+        });
+        let mut amr: Vec<String> = Vec::new();
+        for m in self.authentication_methods {
+            if !amr.contains(&m.method) {
+                amr.push(m.method);
+            }
+        }
+        Ok(Session {
+            id: self.id,
+            identity_id: self.identity.id,
+            active: self.active,
+            // Kratos omits nothing here on whoami, but an absent state is not "active".
+            identity_state: self.identity.state.unwrap_or_default(),
+            expires_at: self.expires_at.into(),
+            authenticated_at: self.authenticated_at.into(),
+            aal: self.authenticator_assurance_level,
+            amr,
+            email,
+            email_verified,
+        })
+    }
+}

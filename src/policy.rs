@@ -1,0 +1,138 @@
+//! What a client may ask for (DESIGN.md §3 steps 5–7) and which sessions are accepted (step 8).
+
+use std::time::SystemTime;
+
+use crate::clients::Client;
+use crate::config::{Aal, PolicyConfig, TOKEN_EXCHANGE_GRANT};
+use crate::exchange::ExchangeRequest;
+use crate::kratos::Session;
+use crate::tokens::RequestedTokenType;
+
+/// The exchange policy.
+pub type Policy = PolicyConfig;
+
+/// What the client is granted: the scope and the audiences of the tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// Granted scopes (the requested ones; none requested means none granted).
+    pub scope: Vec<String>,
+    /// Granted audiences.
+    pub audience: Vec<String>,
+}
+
+impl Grant {
+    /// Whether `openid` was granted (an ID token goes with the access token).
+    pub fn has_openid(&self) -> bool {
+        self.scope.iter().any(|s| s == "openid")
+    }
+
+    /// Whether `email` was granted (the ID token carries `email` and `email_verified`).
+    pub fn has_email(&self) -> bool {
+        self.scope.iter().any(|s| s == "email")
+    }
+}
+
+/// Why policy refuses an exchange.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// Step 5: the client's `grant_types` lacks token exchange.
+    #[error("the client is not allowed to use the token-exchange grant")]
+    GrantNotAllowed,
+    /// Step 5: session exchange is for first-party clients only.
+    #[error("the client is not first-party (metadata.first_party) and the policy requires it")]
+    NotFirstParty,
+    /// Step 6.
+    #[error("the client may not request the scope {0}")]
+    ScopeNotAllowed(String),
+    /// Step 7: a target outside the client's `audience` list.
+    #[error("the client may not request a token for {0}")]
+    TargetNotAllowed(String),
+    /// Step 7: nothing requested and no single default.
+    #[error("name the target with audience or resource: the client has {0} audiences")]
+    TargetRequired(usize),
+    /// Step 8: the session is not active, or its identity is not.
+    #[error("the subject token is not an active Kratos session")]
+    InactiveSession,
+    /// Step 8: the session expired.
+    #[error("the subject token's session has expired")]
+    ExpiredSession,
+    /// Step 8: `policy.required_aal`.
+    #[error("the session's authenticator assurance level is {have}; {need} is required")]
+    AalTooLow {
+        /// The session's AAL.
+        have: String,
+        /// The required AAL.
+        need: &'static str,
+    },
+}
+
+/// Steps 5–7 for an authenticated client.
+pub fn authorize(
+    client: &Client,
+    request: &ExchangeRequest,
+    policy: &Policy,
+) -> Result<Grant, PolicyError> {
+    if !client.grant_types.iter().any(|g| g == TOKEN_EXCHANGE_GRANT) {
+        return Err(PolicyError::GrantNotAllowed);
+    }
+    if policy.require_first_party && !client.first_party {
+        return Err(PolicyError::NotFirstParty);
+    }
+    let mut scope = request.scope.clone();
+    // DESIGN.md §8: requesting an ID token implies `openid`.
+    if request.requested_token_type == RequestedTokenType::IdToken
+        && !scope.iter().any(|s| s == "openid")
+    {
+        scope.insert(0, "openid".to_owned());
+    }
+    if let Some(extra) = scope.iter().find(|s| !client.scope.contains(s)) {
+        return Err(PolicyError::ScopeNotAllowed(extra.clone()));
+    }
+    let audience = if request.targets.is_empty() {
+        match client.audience.as_slice() {
+            [only] => vec![only.clone()],
+            all => return Err(PolicyError::TargetRequired(all.len())),
+        }
+    } else {
+        if let Some(target) = request
+            .targets
+            .iter()
+            .find(|t| !client.audience.contains(t))
+        {
+            return Err(PolicyError::TargetNotAllowed(target.clone()));
+        }
+        request.targets.clone()
+    };
+    Ok(Grant { scope, audience })
+}
+
+/// Step 8, after Kratos answered 200: the session must be usable under the policy.
+pub fn admit_session(
+    session: &Session,
+    policy: &Policy,
+    now: SystemTime,
+) -> Result<(), PolicyError> {
+    if !session.active || session.identity_state != "active" {
+        return Err(PolicyError::InactiveSession);
+    }
+    if session.expires_at <= now {
+        return Err(PolicyError::ExpiredSession);
+    }
+    let need = match policy.required_aal {
+        Aal::Aal1 => ("aal1", 1),
+        Aal::Aal2 => ("aal2", 2),
+    };
+    let have = match session.aal.as_str() {
+        "aal1" => 1,
+        "aal2" => 2,
+        "aal3" => 3,
+        _ => 0,
+    };
+    if have < need.1 {
+        return Err(PolicyError::AalTooLow {
+            have: session.aal.clone(),
+            need: need.0,
+        });
+    }
+    Ok(())
+}
