@@ -189,6 +189,13 @@ where
         .header_read_timeout(limits::HEADER_READ_TIMEOUT);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
+    let mut stop = std::pin::pin!(async move {
+        while !*stopped.borrow_and_update() {
+            if stopped.changed().await.is_err() {
+                break;
+            }
+        }
+    });
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -211,7 +218,7 @@ where
                     }
                 });
             }
-            _ = stopped.wait_for(|stop| *stop) => break,
+            _ = &mut stop => break,
         }
     }
     drop(listener);

@@ -1,0 +1,6 @@
+//! Integration tests: the real server on port 0, with stand-ins on port 0, in-process.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod exchange_rules;
