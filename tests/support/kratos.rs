@@ -170,19 +170,22 @@ pub struct Kratos {
 impl Kratos {
     /// Starts on `127.0.0.1:0` with cookie name `ory_kratos_session`.
     pub async fn start() -> Kratos {
-        Self::start_on(
-            tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind"),
-        )
-        .await
+        Self::start_with_cookie("ory_kratos_session").await
+    }
+
+    /// Starts on `127.0.0.1:0` with another `session.cookie.name` (Ory Network: `ory_session_<slug>`).
+    pub async fn start_with_cookie(cookie_name: &str) -> Kratos {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        Self::start_on(listener, cookie_name).await
     }
 
     /// Starts on a given listener (to restart on the same port).
-    pub async fn start_on(listener: tokio::net::TcpListener) -> Kratos {
+    pub async fn start_on(listener: tokio::net::TcpListener, cookie_name: &str) -> Kratos {
         let kratos = Kratos {
             addr: listener.local_addr().expect("addr"),
-            cookie_name: "ory_kratos_session".into(),
+            cookie_name: cookie_name.into(),
             state: Arc::default(),
             count: Arc::default(),
             shutdown: Arc::new(tokio::sync::Notify::new()),
