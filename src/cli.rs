@@ -71,6 +71,12 @@ impl Cli {
     }
 }
 
+/// Writes a line to stdout; a closed pipe (`iris check | head`) is not worth a panic.
+fn print_line(text: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+}
+
 fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {message}");
     ExitCode::FAILURE
@@ -106,7 +112,7 @@ fn check(files: &[PathBuf]) -> ExitCode {
              tokens will stop verifying after a restart; create a key with `iris keys generate`"
         );
     }
-    println!("{}", raw.redacted_json());
+    print_line(raw.redacted_json());
     ExitCode::SUCCESS
 }
 
@@ -144,7 +150,7 @@ fn serve(files: &[PathBuf]) -> ExitCode {
 fn generate_key(alg: &str, kid: Option<&str>) -> ExitCode {
     match keys::generate(alg, kid) {
         Ok(jwk) => {
-            println!("{}", serde_json::to_string_pretty(&jwk).unwrap_or_default());
+            print_line(serde_json::to_string_pretty(&jwk).unwrap_or_default());
             ExitCode::SUCCESS
         }
         Err(error) => fail(error),
@@ -166,7 +172,7 @@ fn hash_secret() -> ExitCode {
     }
     match crate::clients::hash_secret(secret) {
         Ok(hash) => {
-            println!("{hash}");
+            print_line(hash);
             ExitCode::SUCCESS
         }
         Err(error) => fail(error),

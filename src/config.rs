@@ -58,7 +58,7 @@ pub const ENV_KEYS: &[&str] = &[
 pub enum ConfigError {
     /// The files or environment could not be read or did not fit the schema (unknown key, bad type).
     #[error("{0}")]
-    Load(Box<figment::Error>),
+    Load(String),
     /// A key has a value of the right type that cannot be used.
     #[error("{key}: {reason}")]
     Invalid {
@@ -80,8 +80,44 @@ impl ConfigError {
 
 impl From<figment::Error> for ConfigError {
     fn from(error: figment::Error) -> Self {
-        ConfigError::Load(Box::new(error))
+        let described: Vec<String> = error.into_iter().map(describe).collect();
+        ConfigError::Load(described.join("; "))
     }
+}
+
+/// One figment error as `key: what (where)`, naming the key by its dotted path and, for an
+/// environment override, by the variable the operator set.
+fn describe(error: figment::Error) -> String {
+    use figment::error::Kind;
+    let mut key = error.path.join(".");
+    let what = match &error.kind {
+        Kind::UnknownField(field, _) => {
+            // figment's path usually ends with the field already; not every deserializer does that.
+            if error.path.last() != Some(field) {
+                key = if key.is_empty() {
+                    field.clone()
+                } else {
+                    format!("{key}.{field}")
+                };
+            }
+            "unknown key".to_owned()
+        }
+        kind => kind.to_string(),
+    };
+    let source = error
+        .metadata
+        .as_ref()
+        .map(|metadata| match &metadata.source {
+            Some(figment::Source::File(path)) => format!(" (in {})", path.display()),
+            _ if metadata.name.contains("environment") => {
+                format!(
+                    " (from environment variable {})",
+                    key.to_ascii_uppercase().replace('.', "_")
+                )
+            }
+            _ => String::new(),
+        });
+    format!("{key}: {what}{}", source.unwrap_or_default())
 }
 
 // === Stage one: the file's shape ===
@@ -417,11 +453,11 @@ impl fmt::Display for GoDuration {
         if d.subsec_nanos() == 0 {
             let s = d.as_secs();
             match s {
-                _ if s > 0 && s % 3600 == 0 => write!(f, "{}h", s / 3600),
-                _ if s > 0 && s % 60 == 0 => write!(f, "{}m", s / 60),
+                _ if s > 0 && s.is_multiple_of(3600) => write!(f, "{}h", s / 3600),
+                _ if s > 0 && s.is_multiple_of(60) => write!(f, "{}m", s / 60),
                 _ => write!(f, "{s}s"),
             }
-        } else if d.subsec_nanos() % 1_000_000 == 0 {
+        } else if d.subsec_nanos().is_multiple_of(1_000_000) {
             write!(f, "{}ms", d.as_millis())
         } else {
             write!(f, "{}ns", d.as_nanos())

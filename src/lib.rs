@@ -1,15 +1,15 @@
 //! Iris: an RFC 8693 token-exchange proxy for the Ory stack.
 //!
 //! Layout, one module per responsibility:
-//! - [`config`]: the YAML file and environment (stage one) validated into [`config::Settings`] (stage two).
-//! - [`server`]: listeners, routing, shutdown; [`handlers`] are the thin HTTP adapters.
-//! - [`exchange`]: the token-exchange request (form rules, parameters) and the pipeline.
-//! - [`clients`]: the client registry and client authentication.
-//! - [`policy`]: what a client may ask for (grant, first party, scope, audience, AAL).
-//! - [`kratos`]: session resolution at Kratos.
-//! - [`keys`] and [`tokens`]: signing keys, the JWKS, and minting access and ID tokens.
-//! - [`oauth`]: the one place where errors become RFC 6749 responses.
-//! - [`telemetry`]: logging.
+//! - [`config`] reads the YAML files and environment (stage one) into [`config::Settings`] (stage two).
+//! - [`server`] owns listeners, routing and shutdown; [`handlers`] are the thin HTTP adapters.
+//! - [`exchange`] reads the token-exchange request (form rules, parameters) and runs the pipeline.
+//! - [`clients`] holds the client registry and authenticates clients.
+//! - [`policy`] decides what a client may ask for (grant, first party, scope, audience, AAL).
+//! - [`kratos`] resolves sessions at Kratos.
+//! - [`keys`] and [`tokens`] handle signing keys, the JWKS, and minting access and ID tokens.
+//! - [`oauth`] is the one place where errors become RFC 6749 responses.
+//! - [`telemetry`] sets up logging.
 
 pub mod cli;
 pub mod clients;

@@ -3,4 +3,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod cli;
+mod client_auth;
 mod exchange_rules;
+mod kratos_mapping;
+mod policy;
