@@ -246,8 +246,8 @@ pub enum ExchangeError {
     /// Step 1: the body is larger than `serve.public.max_body_bytes`.
     #[error("the body is larger than {0} bytes")]
     BodyTooLarge(usize),
-    /// Step 1: the body could not be read from the connection.
-    #[error("the body could not be read")]
+    /// Step 1: the body could not be read from the connection, or not in time.
+    #[error("the body could not be read completely in time")]
     BodyUnreadable,
     /// The grant is not token exchange and there is no Hydra to pass it to.
     #[error("grant_type {0} is not supported")]

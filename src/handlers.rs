@@ -15,7 +15,7 @@ use hyper::{Request, Response};
 
 use crate::exchange::{self, AuditRecord, ExchangeError, ExchangeInput, Form};
 use crate::oauth::OAuthError;
-use crate::server::{App, ResponseBody};
+use crate::server::{App, ResponseBody, limits};
 
 const JSON: &str = "application/json";
 
@@ -117,9 +117,10 @@ async fn run_exchange(
     if declared.is_some_and(|len| len > app.max_body_bytes as u64) {
         return Err(ExchangeError::BodyTooLarge(app.max_body_bytes));
     }
-    let body = Limited::new(body, app.max_body_bytes)
-        .collect()
+    let reading = Limited::new(body, app.max_body_bytes).collect();
+    let body = tokio::time::timeout(limits::BODY_READ_TIMEOUT, reading)
         .await
+        .map_err(|_| ExchangeError::BodyUnreadable)?
         .map_err(|error| {
             if error.is::<http_body_util::LengthLimitError>() {
                 ExchangeError::BodyTooLarge(app.max_body_bytes)

@@ -136,3 +136,77 @@ pub fn admit_session(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn session(aal: &str) -> Session {
+        let now = SystemTime::now();
+        Session {
+            id: "s".into(),
+            identity_id: "i".into(),
+            active: true,
+            identity_state: "active".into(),
+            expires_at: now + Duration::from_secs(60),
+            authenticated_at: now,
+            aal: aal.into(),
+            amr: vec!["password".into()],
+            email: None,
+            email_verified: false,
+        }
+    }
+
+    fn policy(required_aal: Aal) -> Policy {
+        Policy {
+            require_first_party: true,
+            required_aal,
+        }
+    }
+
+    /// Kratos never answers 200 with an inactive session, but Iris does not rely on that.
+    #[test]
+    fn inactive_or_expired_sessions_are_refused_even_on_a_200() {
+        let now = SystemTime::now();
+        assert!(admit_session(&session("aal1"), &policy(Aal::Aal1), now).is_ok());
+        let mut inactive = session("aal1");
+        inactive.active = false;
+        assert!(matches!(
+            admit_session(&inactive, &policy(Aal::Aal1), now),
+            Err(PolicyError::InactiveSession)
+        ));
+        let mut blocked = session("aal1");
+        blocked.identity_state = "inactive".into();
+        assert!(matches!(
+            admit_session(&blocked, &policy(Aal::Aal1), now),
+            Err(PolicyError::InactiveSession)
+        ));
+        let later = now + Duration::from_secs(61);
+        assert!(matches!(
+            admit_session(&session("aal1"), &policy(Aal::Aal1), later),
+            Err(PolicyError::ExpiredSession)
+        ));
+    }
+
+    #[test]
+    fn the_required_aal_is_a_floor() {
+        let now = SystemTime::now();
+        assert!(admit_session(&session("aal2"), &policy(Aal::Aal2), now).is_ok());
+        assert!(admit_session(&session("aal3"), &policy(Aal::Aal2), now).is_ok());
+        for weak in ["aal1", "aal0", "", "v0.6_legacy_session"] {
+            assert!(
+                matches!(
+                    admit_session(&session(weak), &policy(Aal::Aal2), now),
+                    Err(PolicyError::AalTooLow { .. })
+                ),
+                "{weak}"
+            );
+        }
+        assert!(matches!(
+            admit_session(&session("aal0"), &policy(Aal::Aal1), now),
+            Err(PolicyError::AalTooLow { .. })
+        ));
+    }
+}

@@ -33,6 +33,9 @@ pub mod limits {
 
     /// A client has this long to send its request headers.
     pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// A client has this long to send a token-endpoint body, so a trickled body cannot hold a
+    /// request open forever.
+    pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
     /// In-flight requests get this long to finish after shutdown starts.
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
     /// Pause after a failed `accept` (file descriptors exhausted), so the loop does not spin.

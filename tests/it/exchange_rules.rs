@@ -369,3 +369,34 @@ async fn http2_prior_knowledge_is_served() {
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     assert_eq!(response.status(), 200);
 }
+
+/// A body that never arrives completely is answered (400 invalid_request), not waited on forever.
+#[tokio::test]
+async fn a_trickled_body_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (kratos, iris) = start_with_alice().await;
+    let mut stream = tokio::net::TcpStream::connect(iris.addr).await.unwrap();
+    let head = format!(
+        "POST /oauth2/token HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ngrant_type",
+        iris.addr
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    // Hang guard only: the server's own body timeout must answer first.
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        stream.read_to_end(&mut response),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&response);
+    assert!(
+        read.is_ok(),
+        "Iris kept the connection open without answering"
+    );
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(
+        text.contains("invalid_request") && text.contains("no-store"),
+        "{text}"
+    );
+    assert_eq!(kratos.calls(), 0);
+}
