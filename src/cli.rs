@@ -102,7 +102,6 @@ fn check(files: &[PathBuf]) -> ExitCode {
         &settings.clients,
         settings.allow_plaintext_secrets,
         std::sync::Arc::new(crate::clients::MemoryReplayStore::default()),
-        String::new(),
     ) {
         return fail(error);
     }

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::{self, AuthMethod, ClientConfig, SecretConfig};
+use crate::hydra::{ClientRecord, Hydra, HydraError};
 use crate::secret::Secret;
 
 /// RFC 7523 §2.2: the only client assertion type Iris accepts.
@@ -38,23 +39,31 @@ pub struct Client {
 }
 
 enum Credential {
+    /// A secret; `None` when only Hydra knows it (Hydra never reveals secrets).
     Secret {
         method: AuthMethod,
-        verifier: SecretVerifier,
+        verifier: Option<SecretVerifier>,
     },
     PrivateKeyJwt {
         alg: Algorithm,
-        keys: Vec<ClientKey>,
+        keys: KeySource,
     },
+    /// Hydra's `none`: a public client cannot authenticate.
+    Public,
+}
+
+enum KeySource {
+    Inline(Vec<ClientKey>),
+    /// A Hydra client's `jwks_uri`, fetched (and cached) when an assertion must be checked.
+    Remote(String),
 }
 
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Credential::Secret { method, .. } => write!(f, "{method:?}"),
-            Credential::PrivateKeyJwt { alg, keys } => {
-                write!(f, "PrivateKeyJwt({alg:?}, {} keys)", keys.len())
-            }
+            Credential::PrivateKeyJwt { alg, .. } => write!(f, "PrivateKeyJwt({alg:?})"),
+            Credential::Public => f.write_str("None"),
         }
     }
 }
@@ -69,6 +78,85 @@ enum SecretVerifier {
 struct ClientKey {
     kid: Option<String>,
     key: DecodingKey,
+}
+
+impl Client {
+    /// A client from its Hydra record (hydra.md §4).
+    pub fn from_hydra(record: &ClientRecord) -> Client {
+        let credential = match record.token_endpoint_auth_method.as_str() {
+            "" | "client_secret_basic" => Credential::Secret {
+                method: AuthMethod::ClientSecretBasic,
+                verifier: None,
+            },
+            "client_secret_post" => Credential::Secret {
+                method: AuthMethod::ClientSecretPost,
+                verifier: None,
+            },
+            "private_key_jwt" => {
+                let alg_name = match record.token_endpoint_auth_signing_alg.as_str() {
+                    "" => "RS256",
+                    alg => alg,
+                };
+                let alg = alg_name
+                    .parse()
+                    .ok()
+                    .filter(|_| config::CLIENT_ASSERTION_ALGS.contains(&alg_name));
+                match (alg, &record.jwks) {
+                    (Some(alg), Some(jwks)) => Credential::PrivateKeyJwt {
+                        alg,
+                        keys: KeySource::Inline(decoding_keys(jwks)),
+                    },
+                    (Some(alg), None) if !record.jwks_uri.is_empty() => Credential::PrivateKeyJwt {
+                        alg,
+                        keys: KeySource::Remote(record.jwks_uri.clone()),
+                    },
+                    // No usable key or algorithm: nothing can authenticate as this client.
+                    _ => Credential::Public,
+                }
+            }
+            _ => Credential::Public,
+        };
+        // Hydra treats an empty grant list as authorization_code only.
+        Client {
+            id: record.client_id.clone(),
+            grant_types: record.grant_types.clone(),
+            audience: record.audience.clone(),
+            scope: split_scope(&record.scope),
+            first_party: record.metadata.get("first_party") == Some(&serde_json::Value::Bool(true)),
+            credential,
+        }
+    }
+}
+
+/// The signing keys of a JWKS (`use` absent or `sig`, as Hydra considers them) that parse.
+fn decoding_keys(jwks: &serde_json::Value) -> Vec<ClientKey> {
+    let Ok(set) = serde_json::from_value::<jsonwebtoken::jwk::JwkSet>(jwks.clone()) else {
+        return Vec::new();
+    };
+    keys_of(&set)
+}
+
+fn keys_of(set: &jsonwebtoken::jwk::JwkSet) -> Vec<ClientKey> {
+    set.keys
+        .iter()
+        .filter(|jwk| {
+            !matches!(jwk.common.public_key_use, Some(ref u) if *u != jsonwebtoken::jwk::PublicKeyUse::Signature)
+        })
+        .filter_map(|jwk| {
+            DecodingKey::from_jwk(jwk).ok().map(|key| ClientKey {
+                kid: jwk.common.key_id.clone(),
+                key,
+            })
+        })
+        .collect()
+}
+
+fn split_scope(scope: &str) -> Vec<String> {
+    scope
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// Credentials as the client presented them.
@@ -154,6 +242,17 @@ pub enum AuthError {
     /// The replay store could not answer.
     #[error("the replay store failed: {0}")]
     Store(String),
+    /// A Hydra client with a secret, in synthesize mode: Hydra never reveals secrets.
+    #[error(
+        "this client authenticates with a secret only Hydra can check: use tokens.issue: forward, a static client entry, or private_key_jwt"
+    )]
+    SecretOnlyHydraKnows,
+    /// A public client (`none`) cannot authenticate.
+    #[error("public clients cannot exchange tokens")]
+    PublicClient,
+    /// Hydra's client registry is unavailable.
+    #[error(transparent)]
+    Directory(HydraError),
 }
 
 /// A boxed future, so that [`ReplayStore`] can be used as a trait object.
@@ -199,22 +298,32 @@ impl ReplayStore for MemoryReplayStore {
     }
 }
 
-/// The static client registry plus what authentication needs.
+/// Who checks client credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verification {
+    /// Iris checks every credential (synthesize mode).
+    Iris,
+    /// Credentials of Hydra clients travel to Hydra, which checks them (forward mode); Iris only
+    /// reads which client they name. Static clients are still checked by Iris.
+    Hydra,
+}
+
+/// The client directory (static entries first, then Hydra's records) and client authentication.
 pub struct Authenticator {
     clients: HashMap<String, Arc<Client>>,
+    hydra: Option<Arc<Hydra>>,
+    verification: Verification,
     replay: Arc<dyn ReplayStore>,
-    token_endpoint: String,
     /// Checked when the client is unknown, so that an unknown id costs as much as a wrong secret.
     decoy_hash: Arc<str>,
 }
 
 impl Authenticator {
-    /// Builds the registry from validated client entries.
+    /// Builds the static registry from validated client entries.
     pub fn new(
         clients: &[ClientConfig],
         allow_plaintext: bool,
         replay: Arc<dyn ReplayStore>,
-        token_endpoint: String,
     ) -> Result<Self, config::ConfigError> {
         let mut by_id = HashMap::new();
         for (index, entry) in clients.iter().enumerate() {
@@ -223,8 +332,9 @@ impl Authenticator {
         }
         Ok(Authenticator {
             clients: by_id,
+            hydra: None,
+            verification: Verification::Iris,
             replay,
-            token_endpoint,
             decoy_hash: hash_secret("iris-decoy-secret")
                 .map_err(|reason| config::ConfigError::Invalid {
                     key: "clients".into(),
@@ -234,18 +344,31 @@ impl Authenticator {
         })
     }
 
-    /// The URL client assertions must name in `aud`.
-    pub fn token_endpoint(&self) -> &str {
-        &self.token_endpoint
+    /// Adds Hydra's client records behind the static entries.
+    pub fn with_hydra(mut self, hydra: Arc<Hydra>, verification: Verification) -> Self {
+        self.hydra = Some(hydra);
+        self.verification = verification;
+        self
     }
 
-    /// Looks a client up by id.
-    pub fn client(&self, id: &str) -> Option<Arc<Client>> {
-        self.clients.get(id).cloned()
+    /// Looks a client up by id: a static entry wins over Hydra's record of the same id.
+    pub async fn client(&self, id: &str) -> Result<Option<Arc<Client>>, AuthError> {
+        if let Some(client) = self.clients.get(id) {
+            return Ok(Some(client.clone()));
+        }
+        let Some(hydra) = &self.hydra else {
+            return Ok(None);
+        };
+        let record = hydra.client(id).await.map_err(AuthError::Directory)?;
+        Ok(record.map(|record| Arc::new(Client::from_hydra(&record))))
     }
 
-    /// Authenticates the client behind `credentials`.
-    pub async fn authenticate(&self, credentials: &Credentials) -> Result<Arc<Client>, AuthError> {
+    /// Authenticates the client behind `credentials`; assertions must name `token_endpoint`.
+    pub async fn authenticate(
+        &self,
+        credentials: &Credentials,
+        token_endpoint: &str,
+    ) -> Result<Arc<Client>, AuthError> {
         match credentials {
             Credentials::Basic { client_id, secret } => {
                 self.check_secret(client_id, secret, AuthMethod::ClientSecretBasic)
@@ -266,7 +389,8 @@ impl Authenticator {
                 let assertion = assertion
                     .as_ref()
                     .ok_or(AuthError::Assertion("client_assertion is missing"))?;
-                self.check_assertion(client_id.as_deref(), assertion).await
+                self.check_assertion(client_id.as_deref(), assertion, token_endpoint)
+                    .await
             }
         }
     }
@@ -277,25 +401,31 @@ impl Authenticator {
         secret: &Secret,
         used: AuthMethod,
     ) -> Result<Arc<Client>, AuthError> {
-        let Some(client) = self.clients.get(client_id) else {
+        let Some(client) = self.client(client_id).await? else {
             // Same cost as a wrong secret, so that ids cannot be enumerated by timing.
             let _ = verify_argon2(self.decoy_hash.clone(), secret.clone()).await;
             return Err(AuthError::Failed);
         };
-        let Credential::Secret { method, verifier } = &client.credential else {
-            return Err(AuthError::WrongMethod("private_key_jwt"));
+        let (method, verifier) = match &client.credential {
+            Credential::Secret { method, verifier } => (*method, verifier),
+            Credential::PrivateKeyJwt { .. } => {
+                return Err(AuthError::WrongMethod("private_key_jwt"));
+            }
+            Credential::Public => return Err(AuthError::PublicClient),
         };
-        if *method != used {
-            return Err(AuthError::WrongMethod(method_name(*method)));
+        if method != used {
+            return Err(AuthError::WrongMethod(method_name(method)));
         }
         let ok = match verifier {
-            SecretVerifier::Argon2(hash) => verify_argon2(hash.clone(), secret.clone()).await,
-            SecretVerifier::Plaintext(digest) => {
+            Some(SecretVerifier::Argon2(hash)) => verify_argon2(hash.clone(), secret.clone()).await,
+            Some(SecretVerifier::Plaintext(digest)) => {
                 bool::from(Sha256::digest(secret.expose().as_bytes())[..].ct_eq(&digest[..]))
             }
+            None if self.verification == Verification::Hydra => true,
+            None => return Err(AuthError::SecretOnlyHydraKnows),
         };
         if ok {
-            Ok(client.clone())
+            Ok(client)
         } else {
             Err(AuthError::Failed)
         }
@@ -305,6 +435,7 @@ impl Authenticator {
         &self,
         body_client_id: Option<&str>,
         assertion: &Secret,
+        token_endpoint: &str,
     ) -> Result<Arc<Client>, AuthError> {
         let header = jsonwebtoken::decode_header(assertion.expose())
             .map_err(|_| AuthError::Assertion("not a signed JWT"))?;
@@ -314,21 +445,35 @@ impl Authenticator {
         if body_client_id.is_some_and(|id| id != claimed) {
             return Err(AuthError::ClientIdMismatch);
         }
-        let client = self.clients.get(&claimed).ok_or(AuthError::Failed)?;
+        let client = self.client(&claimed).await?.ok_or(AuthError::Failed)?;
         let Credential::PrivateKeyJwt { alg, keys } = &client.credential else {
             return Err(AuthError::Failed);
         };
+        if self.verification == Verification::Hydra && !self.clients.contains_key(&claimed) {
+            // Hydra checks the assertion, and burns its jti, when the request reaches it.
+            return Ok(client);
+        }
         if header.alg != *alg {
             return Err(AuthError::Assertion(
                 "alg is not the client's token_endpoint_auth_signing_alg",
             ));
         }
+        let remote;
+        let keys: &[ClientKey] = match keys {
+            KeySource::Inline(keys) => keys,
+            KeySource::Remote(uri) => {
+                let hydra = self.hydra.as_ref().ok_or(AuthError::Failed)?;
+                let set = hydra.remote_keys(uri).await.map_err(AuthError::Directory)?;
+                remote = keys_of(&set);
+                &remote
+            }
+        };
         let mut validation = Validation::new(*alg);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
         validation.set_issuer(&[claimed.as_str()]);
         validation.sub = Some(claimed.clone());
-        validation.set_audience(&[self.token_endpoint.as_str()]);
+        validation.set_audience(&[token_endpoint]);
         let candidates = keys
             .iter()
             .filter(|k| header.kid.is_none() || k.kid.is_none() || k.kid == header.kid);
@@ -352,7 +497,7 @@ impl Authenticator {
         let expires_at = UNIX_EPOCH + Duration::from_secs(claims.exp);
         let key = format!("{}\u{0}{}", claimed, jti);
         match self.replay.first_use(&key, expires_at).await {
-            Ok(true) => Ok(client.clone()),
+            Ok(true) => Ok(client),
             Ok(false) => Err(AuthError::ReplayedJti),
             Err(e) => Err(AuthError::Store(e)),
         }
@@ -445,7 +590,10 @@ fn build_client(
                     SecretVerifier::Plaintext(Sha256::digest(secret.expose().as_bytes()).into())
                 }
             };
-            Credential::Secret { method, verifier }
+            Credential::Secret {
+                method,
+                verifier: Some(verifier),
+            }
         }
         AuthMethod::PrivateKeyJwt => {
             let alg_name = entry
@@ -469,30 +617,19 @@ fn build_client(
                 .transpose()
                 .map_err(|e| invalid("jwks", e.to_string()))?
                 .ok_or_else(|| invalid("jwks", "private_key_jwt needs jwks".into()))?;
-            let keys = set
-                .keys
-                .iter()
-                // Hydra considers only signing keys (`use` absent or `sig`).
-                .filter(|jwk| !matches!(jwk.common.public_key_use, Some(ref u) if *u != jsonwebtoken::jwk::PublicKeyUse::Signature))
-                .map(|jwk| {
-                    DecodingKey::from_jwk(jwk)
-                        .map(|key| ClientKey { kid: jwk.common.key_id.clone(), key })
-                        .map_err(|e| invalid("jwks", e.to_string()))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Credential::PrivateKeyJwt { alg, keys }
+            // Each key was checked in stage two of the configuration.
+            let keys = keys_of(&set);
+            Credential::PrivateKeyJwt {
+                alg,
+                keys: KeySource::Inline(keys),
+            }
         }
     };
     Ok(Client {
         id: entry.client_id.clone(),
         grant_types: entry.grant_types.clone(),
         audience: entry.audience.clone(),
-        scope: entry
-            .scope
-            .split(' ')
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect(),
+        scope: split_scope(&entry.scope),
         first_party: entry.metadata.get("first_party") == Some(&serde_json::Value::Bool(true)),
         credential,
     })

@@ -43,6 +43,14 @@ pub const ENV_KEYS: &[&str] = &[
     "kratos.timeout",
     "kratos.session_token_types",
     "kratos.session_cookie_types",
+    "hydra.public_url",
+    "hydra.admin_url",
+    "hydra.timeout",
+    "hydra.client_cache_ttl",
+    "hydra.metadata_cache_ttl",
+    "hydra.trust.issuer",
+    "hydra.trust.scope",
+    "hydra.trust.expires_in",
     "tokens.issue",
     "tokens.access_token_ttl",
     "tokens.id_token_ttl",
@@ -132,6 +140,9 @@ pub struct RawConfig {
     pub issuer: Option<String>,
     /// Where sessions are resolved.
     pub kratos: KratosConfig,
+    /// Hydra behind Iris; without it Iris runs standalone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hydra: Option<HydraConfig>,
     /// What Iris issues.
     pub tokens: TokensConfig,
     /// Keys Iris signs with.
@@ -224,6 +235,60 @@ impl Default for KratosConfig {
             timeout: GoDuration(Duration::from_secs(2)),
             session_token_types: DEFAULT_SESSION_TOKEN_TYPES.map(String::from).to_vec(),
             session_cookie_types: DEFAULT_SESSION_COOKIE_TYPES.map(String::from).to_vec(),
+        }
+    }
+}
+
+/// `hydra`: the Hydra Iris fronts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HydraConfig {
+    /// Hydra's public URL: pass-through, discovery, JWKS, the jwt-bearer grant.
+    pub public_url: String,
+    /// Hydra's admin URL: client records and trust relationships.
+    pub admin_url: String,
+    /// How long one call to Hydra may take.
+    pub timeout: GoDuration,
+    /// How long a client record read from Hydra is reused.
+    pub client_cache_ttl: GoDuration,
+    /// How long Hydra's discovery document and JWKS are reused.
+    pub metadata_cache_ttl: GoDuration,
+    /// The jwt-bearer trust relationship Iris registers for forward mode.
+    pub trust: TrustConfig,
+}
+
+impl Default for HydraConfig {
+    fn default() -> Self {
+        HydraConfig {
+            public_url: "http://127.0.0.1:4444".into(),
+            admin_url: "http://127.0.0.1:4445".into(),
+            timeout: GoDuration(Duration::from_secs(5)),
+            client_cache_ttl: GoDuration(Duration::from_secs(30)),
+            metadata_cache_ttl: GoDuration(Duration::from_secs(60)),
+            trust: TrustConfig::default(),
+        }
+    }
+}
+
+/// `hydra.trust`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustConfig {
+    /// `iss` of Iris's assertions; default: Iris's issuer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Scopes the relationship allows Iris to request.
+    pub scope: Vec<String>,
+    /// Lifetime of the relationship when Iris registers it.
+    pub expires_in: GoDuration,
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        TrustConfig {
+            issuer: None,
+            scope: ["openid", "email", "profile"].map(String::from).to_vec(),
+            expires_in: GoDuration(Duration::from_secs(8760 * 3600)),
         }
     }
 }
@@ -524,7 +589,11 @@ pub struct Settings {
     pub issuer: Option<String>,
     /// Kratos.
     pub kratos: KratosSettings,
-    /// Token lifetimes.
+    /// Hydra, when Iris fronts one.
+    pub hydra: Option<HydraSettings>,
+    /// Who issues the access token.
+    pub issue: IssueMode,
+    /// Access token lifetime.
     pub access_token_ttl: Duration,
     /// ID token lifetime.
     pub id_token_ttl: Duration,
@@ -555,6 +624,63 @@ pub struct KratosSettings {
     pub session_cookie_types: Vec<String>,
 }
 
+/// Validated `hydra` settings.
+#[derive(Clone, Debug)]
+pub struct HydraSettings {
+    /// Hydra's public base URL.
+    pub public_url: url::Url,
+    /// Hydra's admin base URL.
+    pub admin_url: url::Url,
+    /// Per-call timeout.
+    pub timeout: Duration,
+    /// Client record cache lifetime.
+    pub client_cache_ttl: Duration,
+    /// Discovery and JWKS cache lifetime.
+    pub metadata_cache_ttl: Duration,
+    /// The trust relationship for forward mode.
+    pub trust_issuer: Option<String>,
+    /// Scopes of the trust relationship.
+    pub trust_scope: Vec<String>,
+    /// Lifetime of a registered trust relationship.
+    pub trust_expires_in: Duration,
+}
+
+fn base_url(key: &str, text: &str) -> Result<url::Url, ConfigError> {
+    let url =
+        url::Url::parse(text).map_err(|e| ConfigError::invalid(key, format!("not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() || url.query().is_some()
+    {
+        return Err(ConfigError::invalid(
+            key,
+            "must be an http(s) base URL without a query",
+        ));
+    }
+    Ok(url)
+}
+
+fn validate_hydra(hydra: &HydraConfig) -> Result<HydraSettings, ConfigError> {
+    let public_url = base_url("hydra.public_url", &hydra.public_url)?;
+    let admin_url = base_url("hydra.admin_url", &hydra.admin_url)?;
+    positive("hydra.timeout", hydra.timeout)?;
+    positive("hydra.trust.expires_in", hydra.trust.expires_in)?;
+    if hydra.trust.issuer.as_deref() == Some("") {
+        return Err(ConfigError::invalid(
+            "hydra.trust.issuer",
+            "must not be empty",
+        ));
+    }
+    Ok(HydraSettings {
+        public_url,
+        admin_url,
+        timeout: hydra.timeout.0,
+        client_cache_ttl: hydra.client_cache_ttl.0,
+        metadata_cache_ttl: hydra.metadata_cache_ttl.0,
+        trust_issuer: hydra.trust.issuer.clone(),
+        trust_scope: hydra.trust.scope.clone(),
+        trust_expires_in: hydra.trust.expires_in.0,
+    })
+}
+
 /// The algorithms a `private_key_jwt` client may use: asymmetric only, never `none` or HMAC.
 pub const CLIENT_ASSERTION_ALGS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
@@ -576,14 +702,7 @@ impl RawConfig {
                 return Err(ConfigError::invalid("issuer", "must be an http(s) URL"));
             }
         }
-        let public_url = url::Url::parse(&self.kratos.public_url)
-            .map_err(|e| ConfigError::invalid("kratos.public_url", format!("not a URL: {e}")))?;
-        if !matches!(public_url.scheme(), "http" | "https") || public_url.cannot_be_a_base() {
-            return Err(ConfigError::invalid(
-                "kratos.public_url",
-                "must be an http(s) base URL",
-            ));
-        }
+        let public_url = base_url("kratos.public_url", &self.kratos.public_url)?;
         if self.kratos.session_cookie.is_empty()
             || !self
                 .kratos
@@ -611,10 +730,11 @@ impl RawConfig {
                 format!("{both} is also listed in kratos.session_token_types"),
             ));
         }
-        if self.tokens.issue == IssueMode::Forward {
+        let hydra = self.hydra.as_ref().map(validate_hydra).transpose()?;
+        if self.tokens.issue == IssueMode::Forward && hydra.is_none() {
             return Err(ConfigError::invalid(
                 "tokens.issue",
-                "forward needs Hydra to issue the access token; this build runs standalone, use synthesize",
+                "forward needs a hydra section: Hydra issues the access token",
             ));
         }
         let mut seen = HashSet::new();
@@ -638,6 +758,8 @@ impl RawConfig {
                 session_token_types: self.kratos.session_token_types.clone(),
                 session_cookie_types: self.kratos.session_cookie_types.clone(),
             },
+            hydra,
+            issue: self.tokens.issue,
             access_token_ttl: self.tokens.access_token_ttl.0,
             id_token_ttl: self.tokens.id_token_ttl.0,
             signing_keys: self.signing.keys.iter().map(|k| k.path.clone()).collect(),
@@ -827,6 +949,11 @@ mod tests {
         collect_leaves(&json, String::new(), &mut leaves);
         // `signing.keys` and `clients` are lists of objects: they come from files only.
         leaves.retain(|k| k != "signing.keys" && k != "clients");
+        // `hydra` is absent by default; its keys are those of its own default.
+        let hydra = serde_json::json!({"hydra": HydraConfig::default()});
+        collect_leaves(&hydra, String::new(), &mut leaves);
+        leaves.retain(|k| k != "hydra.trust.issuer");
+        leaves.push("hydra.trust.issuer".into());
         let mut expected: Vec<&str> = ENV_KEYS.to_vec();
         expected.sort_unstable();
         leaves.sort_unstable();

@@ -9,10 +9,12 @@ use serde::Serialize;
 
 use crate::clients::{self, AuthError, Authenticator, PresentedCredentials};
 use crate::config::TOKEN_EXCHANGE_GRANT;
+use crate::hydra::{ForwardError, ForwardedCredentials, Hydra, HydraError, JwtBearerRequest};
+use crate::keys::KeySet;
 use crate::kratos::{SessionError, SessionResolver, SubjectToken};
 use crate::policy::{self, Policy, PolicyError};
 use crate::secret::Secret;
-use crate::tokens::{MintError, Minter, RequestedTokenType};
+use crate::tokens::{Issuance, MintError, Minter, RequestedTokenType, ReshapeError};
 
 /// Parameters Iris reads that may appear once (RFC 6749 §3.2). `audience` and `resource` repeat
 /// (RFC 8693 §2.1, RFC 8707 §2); unknown parameters are ignored.
@@ -255,6 +257,9 @@ pub enum ExchangeError {
     /// No `grant_type`.
     #[error("the grant_type parameter is required")]
     MissingGrant,
+    /// `grant_type` names the token-exchange grant among others.
+    #[error("grant_type must name exactly one grant")]
+    AmbiguousGrant,
     /// Step 2.
     #[error(transparent)]
     Form(#[from] FormError),
@@ -278,6 +283,20 @@ pub enum ExchangeError {
     /// Minting.
     #[error(transparent)]
     Mint(#[from] MintError),
+    /// Forward mode: Hydra's jwt-bearer grant failed.
+    #[error("{error}")]
+    Forward {
+        /// What went wrong.
+        error: ForwardError,
+        /// Whether the client used the `Authorization` header.
+        used_authorization_header: bool,
+    },
+    /// Forward mode: Hydra's token cannot be returned as asked.
+    #[error(transparent)]
+    Reshape(#[from] ReshapeError),
+    /// Iris's issuer and token endpoint come from Hydra's discovery, which is unavailable.
+    #[error(transparent)]
+    Hydra(#[from] HydraError),
 }
 
 /// The RFC 8693 §2.2.1 success body.
@@ -320,6 +339,24 @@ pub struct ExchangeInput<'a> {
     pub authorization: Option<&'a str>,
 }
 
+/// Where an exchange is issued: the issuer Iris signs as and the token endpoint clients know
+/// (Hydra's, from discovery, when Iris fronts Hydra).
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// `iss` of the tokens Iris signs.
+    pub issuer: String,
+    /// The token endpoint URL: the `aud` of client assertions and of Iris's jwt-bearer assertion.
+    pub token_endpoint: String,
+}
+
+/// Who issues the access token.
+pub enum Issuer {
+    /// Iris signs it.
+    Synthesize,
+    /// Hydra issues it through the jwt-bearer grant.
+    Forward(Arc<Hydra>),
+}
+
 /// Runs an exchange from a parsed form to a token response.
 pub struct Exchanger {
     /// Client registry and authentication.
@@ -328,6 +365,10 @@ pub struct Exchanger {
     pub sessions: Arc<dyn SessionResolver>,
     /// Token minting.
     pub minter: Arc<Minter>,
+    /// Signing keys (for the jwt-bearer assertion in forward mode).
+    pub keys: Arc<KeySet>,
+    /// Who issues the access token.
+    pub issuer: Issuer,
     /// Policy.
     pub policy: Policy,
     /// Accepted subject token types.
@@ -335,10 +376,11 @@ pub struct Exchanger {
 }
 
 impl Exchanger {
-    /// DESIGN.md §3 steps 2–8, then minting. `audit` is filled in as facts become known.
+    /// DESIGN.md §3 steps 2–8, then issuing. `audit` is filled in as facts become known.
     pub async fn exchange(
         &self,
         input: ExchangeInput<'_>,
+        endpoints: &Endpoints,
         audit: &mut AuditRecord,
     ) -> Result<TokenResponse, ExchangeError> {
         let request = parse_request(input.form, &self.subject_token_types)?;
@@ -359,7 +401,7 @@ impl Exchanger {
         let credentials = clients::credentials(&presented).map_err(client_error)?;
         let client = self
             .authenticator
-            .authenticate(&credentials)
+            .authenticate(&credentials, &endpoints.token_endpoint)
             .await
             .map_err(client_error)?;
         audit.client_id = Some(client.id.clone());
@@ -372,15 +414,68 @@ impl Exchanger {
         audit.subject = Some(session.identity_id.clone());
         policy::admit_session(&session, &self.policy, SystemTime::now())?;
 
-        let issued = self.minter.mint(
-            &client,
-            &grant,
-            &session,
-            request.requested_token_type,
-            SystemTime::now(),
-        )?;
-        Ok(issued)
+        let issuance = Issuance {
+            issuer: &endpoints.issuer,
+            client: &client,
+            grant: &grant,
+            session: &session,
+            now: SystemTime::now(),
+        };
+        let requested = request.requested_token_type;
+        match &self.issuer {
+            Issuer::Synthesize => Ok(self.minter.mint(&issuance, requested)?),
+            // An ID token is Iris's to sign in either mode; Hydra is not asked for one.
+            Issuer::Forward(_) if requested == RequestedTokenType::IdToken => {
+                let scope = Some(grant.scope.join(" ")).filter(|s| !s.is_empty());
+                Ok(self.minter.id_token_response(&issuance, scope)?)
+            }
+            Issuer::Forward(hydra) => {
+                let trust_issuer = hydra.trust_issuer(&endpoints.issuer);
+                hydra.ensure_trust(trust_issuer, &self.keys).await?;
+                let credentials = forwarded_credentials(&presented);
+                let forwarded = hydra
+                    .jwt_bearer(
+                        JwtBearerRequest {
+                            trust_issuer,
+                            subject: &session.identity_id,
+                            token_endpoint: &endpoints.token_endpoint,
+                            scope: &grant.scope,
+                            audience: &grant.audience,
+                            credentials: &credentials,
+                        },
+                        &self.keys,
+                    )
+                    .await
+                    .map_err(|error| ExchangeError::Forward {
+                        error,
+                        used_authorization_header,
+                    })?;
+                Ok(self
+                    .minter
+                    .around_forwarded(&issuance, forwarded, requested)?)
+            }
+        }
     }
+}
+
+/// The caller's client credentials, exactly as sent, for Hydra.
+fn forwarded_credentials(presented: &PresentedCredentials<'_>) -> ForwardedCredentials {
+    let mut credentials = ForwardedCredentials {
+        authorization: presented.authorization.map(Secret::new),
+        form: Vec::new(),
+    };
+    let body = [
+        ("client_id", presented.client_id),
+        ("client_secret", presented.client_secret),
+        ("client_assertion_type", presented.client_assertion_type),
+        ("client_assertion", presented.client_assertion),
+    ];
+    for (name, value) in body {
+        if let Some(value) = value {
+            credentials.form.push((name, Secret::new(value)));
+        }
+    }
+    credentials
 }
 
 /// Whether a form asks for the token-exchange grant; a repeated `grant_type` is an error (P-1).

@@ -13,9 +13,11 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
-use crate::exchange::{self, AuditRecord, ExchangeError, ExchangeInput, Form};
-use crate::oauth::OAuthError;
-use crate::server::{App, ResponseBody, limits};
+use crate::exchange::{self, AuditRecord, ExchangeError, ExchangeInput, Form, FormError};
+use crate::hydra;
+use crate::oauth::{ErrorCode, OAuthError};
+use crate::proxy::ForwardBody;
+use crate::server::{App, Front, ResponseBody, limits};
 
 const JSON: &str = "application/json";
 
@@ -23,19 +25,26 @@ const JSON: &str = "application/json";
 pub async fn public(
     app: &App,
     request: Request<Incoming>,
-    _peer: SocketAddr,
+    peer: SocketAddr,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     let method = request.method().clone();
     // The path only: a query string can carry credentials.
     let path = request.uri().path().to_owned();
+    let read = method == Method::GET || method == Method::HEAD;
     let response = match path.as_str() {
-        "/oauth2/token" => token(app, request).await,
-        "/.well-known/jwks.json" => document(&method, app.jwks.clone()),
-        "/.well-known/openid-configuration" | "/.well-known/oauth-authorization-server" => {
-            document(&method, app.discovery.clone())
+        // Hydra's admin API is never reachable through the public port.
+        _ if path == "/admin" || path.starts_with("/admin/") => not_found(),
+        "/oauth2/token" => token(app, request, peer).await,
+        "/.well-known/jwks.json" if read => jwks(app).await,
+        "/.well-known/openid-configuration" | "/.well-known/oauth-authorization-server" if read => {
+            discovery(app, &path).await
         }
-        _ => not_found(),
+        _ => match &app.front {
+            Front::Standalone { .. } if path.starts_with("/.well-known/") => method_not_allowed(),
+            Front::Standalone { .. } => not_found(),
+            Front::Hydra { .. } => pass_through(app, request, peer).await,
+        },
     };
     log_request(&method, &path, response.status(), started);
     response
@@ -67,22 +76,78 @@ fn log_request(method: &Method, path: &str, status: StatusCode, started: Instant
     );
 }
 
-/// `POST /oauth2/token`: reads the form once, then hands it to the exchange pipeline.
-async fn token(app: &App, request: Request<Incoming>) -> Response<ResponseBody> {
+/// `GET /.well-known/jwks.json`: Iris's keys, plus Hydra's in front of Hydra.
+async fn jwks(app: &App) -> Response<ResponseBody> {
+    match &app.front {
+        Front::Standalone { jwks, .. } => json_response(StatusCode::OK, jwks.clone()),
+        Front::Hydra { hydra, .. } => match hydra.jwks().await {
+            Ok(theirs) => {
+                let merged = hydra::merged_jwks(&theirs, app.keys.jwks());
+                json_response(StatusCode::OK, Bytes::from(merged.to_string()))
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot serve the JWKS");
+                bad_gateway()
+            }
+        },
+    }
+}
+
+/// The discovery documents: Iris's own standalone, Hydra's plus the token-exchange grant.
+async fn discovery(app: &App, path: &str) -> Response<ResponseBody> {
+    match &app.front {
+        Front::Standalone { discovery, .. } => json_response(StatusCode::OK, discovery.clone()),
+        Front::Hydra { hydra, .. } => match hydra.discovery(path).await {
+            Ok(document) => {
+                let document = hydra::with_token_exchange(&document);
+                json_response(StatusCode::OK, Bytes::from(document.to_string()))
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot serve the discovery document");
+                bad_gateway()
+            }
+        },
+    }
+}
+
+/// `/oauth2/token`. Iris reads the form once: a token exchange is Iris's, every other grant
+/// goes to Hydra byte for byte (standalone: `unsupported_grant_type`).
+async fn token(app: &App, request: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+    let fronting_hydra = matches!(app.front, Front::Hydra { .. });
+    let is_form_post =
+        request.method() == Method::POST && is_form(request.headers().get(CONTENT_TYPE));
+    if fronting_hydra && !is_form_post {
+        // Only form POSTs can be token exchanges; everything else is Hydra's to answer.
+        return pass_through(app, request, peer).await;
+    }
     let started = Instant::now();
     let mut audit = AuditRecord::default();
-    let result = run_exchange(app, request, &mut audit).await;
-    let outcome = match &result {
-        Ok(_) => None,
-        Err(error) => Some(error.to_string()),
+    let (parts, body) = request.into_parts();
+    let result = match read_form(app, &parts, body, is_form_post).await {
+        Err(error) => Err(error),
+        Ok((bytes, form)) => match route_grant(&form, fronting_hydra) {
+            Err(error) => Err(error),
+            Ok(false) => return forward_token_request(app, parts, bytes, peer).await,
+            Ok(true) => run_exchange(app, &parts, &form, &mut audit).await,
+        },
     };
+    let outcome = result.as_ref().err().map(ToString::to_string);
     let response = match result {
         Ok(body) => token_response(
             StatusCode::OK,
             Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
             None,
         ),
-        Err(error) => oauth_error_response(OAuthError::from(error)),
+        Err(error) => {
+            if let ExchangeError::Forward {
+                error: error @ crate::hydra::ForwardError::AssertionRejected { .. },
+                ..
+            } = &error
+            {
+                tracing::error!(%error, "Hydra rejected Iris's jwt-bearer assertion: check the trust relationship");
+            }
+            oauth_error_response(OAuthError::from(error))
+        }
     };
     let error_code = (response.status() != StatusCode::OK).then(|| response_error_code(&response));
     tracing::info!(
@@ -100,13 +165,14 @@ async fn token(app: &App, request: Request<Incoming>) -> Response<ResponseBody> 
     response
 }
 
-async fn run_exchange(
+/// DESIGN.md §3 step 1: a form POST within the size limit, read in time.
+async fn read_form(
     app: &App,
-    request: Request<Incoming>,
-    audit: &mut AuditRecord,
-) -> Result<exchange::TokenResponse, ExchangeError> {
-    let (parts, body) = request.into_parts();
-    if parts.method != Method::POST || !is_form(parts.headers.get(CONTENT_TYPE)) {
+    parts: &http::request::Parts,
+    body: Incoming,
+    is_form_post: bool,
+) -> Result<(Bytes, Form), ExchangeError> {
+    if !is_form_post {
         return Err(ExchangeError::NotAFormPost);
     }
     let declared = parts
@@ -118,7 +184,7 @@ async fn run_exchange(
         return Err(ExchangeError::BodyTooLarge(app.max_body_bytes));
     }
     let reading = Limited::new(body, app.max_body_bytes).collect();
-    let body = tokio::time::timeout(limits::BODY_READ_TIMEOUT, reading)
+    let bytes = tokio::time::timeout(limits::BODY_READ_TIMEOUT, reading)
         .await
         .map_err(|_| ExchangeError::BodyUnreadable)?
         .map_err(|error| {
@@ -127,12 +193,37 @@ async fn run_exchange(
             } else {
                 ExchangeError::BodyUnreadable
             }
-        })?;
-    let form = Form::parse(&body.to_bytes())?;
-    let grant_type = exchange::grant_type(&form)?.ok_or(ExchangeError::MissingGrant)?;
-    if !exchange::is_token_exchange(grant_type) {
-        return Err(ExchangeError::UnsupportedGrant(grant_type.to_owned()));
+        })?
+        .to_bytes();
+    let form = Form::parse(&bytes)?;
+    Ok((bytes, form))
+}
+
+/// `Ok(true)` for a token exchange, `Ok(false)` for a grant Hydra answers (P-1: one parsed form
+/// decides; an ambiguous `grant_type` is refused rather than guessed).
+fn route_grant(form: &Form, fronting_hydra: bool) -> Result<bool, ExchangeError> {
+    let grant_type = match exchange::grant_type(form) {
+        Ok(grant_type) => grant_type,
+        Err(FormError::Repeated(name)) => return Err(FormError::Repeated(name).into()),
+        Err(other) => return Err(other.into()),
+    };
+    match grant_type {
+        Some(grant) if exchange::is_token_exchange(grant) => Ok(true),
+        Some(grant) if grant.split(' ').any(exchange::is_token_exchange) => {
+            Err(ExchangeError::AmbiguousGrant)
+        }
+        _ if fronting_hydra => Ok(false),
+        Some(grant) => Err(ExchangeError::UnsupportedGrant(grant.to_owned())),
+        None => Err(ExchangeError::MissingGrant),
     }
+}
+
+async fn run_exchange(
+    app: &App,
+    parts: &http::request::Parts,
+    form: &Form,
+    audit: &mut AuditRecord,
+) -> Result<exchange::TokenResponse, ExchangeError> {
     let authorization = match parts.headers.get(http::header::AUTHORIZATION) {
         Some(value) => Some(value.to_str().map_err(|_| ExchangeError::Client {
             error: crate::clients::AuthError::MalformedBasic,
@@ -140,15 +231,72 @@ async fn run_exchange(
         })?),
         None => None,
     };
+    let endpoints = app.endpoints().await?;
     app.exchanger
         .exchange(
             ExchangeInput {
-                form: &form,
+                form,
                 authorization,
             },
+            &endpoints,
             audit,
         )
         .await
+}
+
+/// A non-exchange token request, with the body exactly as received.
+async fn forward_token_request(
+    app: &App,
+    parts: http::request::Parts,
+    body: Bytes,
+    peer: SocketAddr,
+) -> Response<ResponseBody> {
+    let Front::Hydra { proxy, .. } = &app.front else {
+        return not_found();
+    };
+    let body: ForwardBody = Full::new(body).map_err(|never| match never {}).boxed();
+    match proxy.forward(parts, body, peer).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::warn!(%error, "Hydra is unreachable");
+            token_unavailable()
+        }
+    }
+}
+
+/// Streams a request to Hydra and Hydra's answer back.
+async fn pass_through(
+    app: &App,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ResponseBody> {
+    let Front::Hydra { proxy, .. } = &app.front else {
+        return not_found();
+    };
+    let on_token_endpoint = request.uri().path() == "/oauth2/token";
+    let (parts, body) = request.into_parts();
+    match proxy.forward(parts, body.boxed(), peer).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::warn!(%error, "Hydra is unreachable");
+            if on_token_endpoint {
+                token_unavailable()
+            } else {
+                bad_gateway()
+            }
+        }
+    }
+}
+
+/// The token endpoint's answer when Hydra cannot be reached: RFC 6749, retry later.
+fn token_unavailable() -> Response<ResponseBody> {
+    let mut error = OAuthError::new(
+        503,
+        ErrorCode::TemporarilyUnavailable,
+        "Hydra is temporarily unavailable; retry later",
+    );
+    error.retry_after = Some(1);
+    oauth_error_response(error)
 }
 
 /// `application/x-www-form-urlencoded`, with or without parameters such as `charset`.
@@ -206,18 +354,22 @@ fn token_response(
     response
 }
 
-fn document(method: &Method, body: Bytes) -> Response<ResponseBody> {
-    if method != Method::GET && method != Method::HEAD {
-        let mut response = ory_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "The requested method is not allowed for this resource",
-        );
-        response
-            .headers_mut()
-            .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return response;
-    }
-    json_response(StatusCode::OK, body)
+fn method_not_allowed() -> Response<ResponseBody> {
+    let mut response = ory_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "The requested method is not allowed for this resource",
+    );
+    response
+        .headers_mut()
+        .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    response
+}
+
+fn bad_gateway() -> Response<ResponseBody> {
+    ory_error(
+        StatusCode::BAD_GATEWAY,
+        "The upstream server (Hydra) is unreachable",
+    )
 }
 
 fn not_found() -> Response<ResponseBody> {

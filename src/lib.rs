@@ -6,7 +6,8 @@
 //! - [`exchange`] reads the token-exchange request (form rules, parameters) and runs the pipeline.
 //! - [`clients`] holds the client registry and authenticates clients.
 //! - [`policy`] decides what a client may ask for (grant, first party, scope, audience, AAL).
-//! - [`kratos`] resolves sessions at Kratos.
+//! - [`kratos`] resolves sessions at Kratos; [`hydra`] reads Hydra's clients, discovery and
+//!   JWKS and runs forward mode's jwt-bearer grant; [`proxy`] passes everything else to Hydra.
 //! - [`keys`] and [`tokens`] handle signing keys, the JWKS, and minting access and ID tokens.
 //! - [`oauth`] is the one place where errors become RFC 6749 responses.
 //! - [`telemetry`] sets up logging.
@@ -16,10 +17,12 @@ pub mod clients;
 pub mod config;
 pub mod exchange;
 pub mod handlers;
+pub mod hydra;
 pub mod keys;
 pub mod kratos;
 pub mod oauth;
 pub mod policy;
+pub mod proxy;
 pub mod secret;
 pub mod server;
 pub mod telemetry;

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::clients::AuthError;
 use crate::exchange::{ExchangeError, RequestError};
+use crate::hydra::ForwardError;
 use crate::kratos::SessionError;
 use crate::policy::PolicyError;
 
@@ -23,6 +24,8 @@ pub enum ErrorCode {
     InvalidScope,
     /// A target the client may not request (RFC 8693 §2.2.2).
     InvalidTarget,
+    /// Hydra's token hook refused the token (relayed).
+    AccessDenied,
     /// Kratos (or another upstream) is unavailable.
     TemporarilyUnavailable,
     /// Iris itself failed.
@@ -87,6 +90,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
             ErrorCode::InvalidScope => "invalid_scope",
             ErrorCode::InvalidTarget => "invalid_target",
+            ErrorCode::AccessDenied => "access_denied",
             ErrorCode::TemporarilyUnavailable => "temporarily_unavailable",
             ErrorCode::ServerError => "server_error",
         }
@@ -119,6 +123,12 @@ fn sanitize(text: &str) -> String {
     out
 }
 
+fn unavailable(description: &str) -> OAuthError {
+    let mut e = OAuthError::new(503, ErrorCode::TemporarilyUnavailable, description);
+    e.retry_after = Some(1);
+    e
+}
+
 impl From<ExchangeError> for OAuthError {
     fn from(error: ExchangeError) -> Self {
         use ErrorCode::*;
@@ -128,6 +138,7 @@ impl From<ExchangeError> for OAuthError {
             ExchangeError::NotAFormPost
             | ExchangeError::BodyUnreadable
             | ExchangeError::MissingGrant
+            | ExchangeError::AmbiguousGrant
             | ExchangeError::Form(_) => OAuthError::new(400, InvalidRequest, message),
             ExchangeError::UnsupportedGrant(_) => {
                 OAuthError::new(400, UnsupportedGrantType, message)
@@ -143,14 +154,9 @@ impl From<ExchangeError> for OAuthError {
                 AuthError::MultipleMethods | AuthError::ClientIdMismatch => {
                     OAuthError::new(400, InvalidRequest, message)
                 }
-                AuthError::Store(_) => {
-                    let mut e = OAuthError::new(
-                        503,
-                        TemporarilyUnavailable,
-                        "the replay store is unavailable",
-                    );
-                    e.retry_after = Some(1);
-                    e
+                AuthError::Store(_) => unavailable("the replay store is unavailable; retry later"),
+                AuthError::Directory(_) => {
+                    unavailable("Hydra's client registry is unavailable; retry later")
                 }
                 _ => {
                     let mut e = OAuthError::new(401, InvalidClient, message);
@@ -188,7 +194,48 @@ impl From<ExchangeError> for OAuthError {
                     OAuthError::new(400, InvalidRequest, message)
                 }
             },
-            ExchangeError::Mint(_) => {
+            ExchangeError::Hydra(_) => unavailable("Hydra is temporarily unavailable; retry later"),
+            ExchangeError::Reshape(crate::tokens::ReshapeError::NotAJwt) => {
+                OAuthError::new(400, InvalidRequest, message)
+            }
+            ExchangeError::Forward {
+                error,
+                used_authorization_header,
+            } => match error {
+                ForwardError::Refused {
+                    status,
+                    error,
+                    description,
+                } => {
+                    // Hydra's refusals of the client's part are relayed with their status.
+                    let code = match error.as_str() {
+                        "invalid_client" => InvalidClient,
+                        "invalid_scope" => InvalidScope,
+                        "unauthorized_client" => UnauthorizedClient,
+                        "access_denied" => AccessDenied,
+                        _ => InvalidRequest,
+                    };
+                    let status = match code {
+                        InvalidClient => 401,
+                        AccessDenied => 403,
+                        _ if (400..500).contains(&status) => status,
+                        _ => 400,
+                    };
+                    let mut e = OAuthError::new(status, code, description);
+                    e.basic_challenge = code == InvalidClient && used_authorization_header;
+                    e
+                }
+                ForwardError::AssertionRejected { .. } => OAuthError::new(
+                    500,
+                    ServerError,
+                    "Hydra rejected Iris's assertion; the operator must check Iris's trust relationship",
+                ),
+                ForwardError::Hydra(_) => {
+                    unavailable("Hydra is temporarily unavailable; retry later")
+                }
+            },
+            ExchangeError::Mint(_)
+            | ExchangeError::Reshape(crate::tokens::ReshapeError::Mint(_)) => {
                 OAuthError::new(500, ServerError, "the token could not be signed")
             }
         }

@@ -20,18 +20,6 @@ pub struct Grant {
     pub audience: Vec<String>,
 }
 
-impl Grant {
-    /// Whether `openid` was granted (an ID token goes with the access token).
-    pub fn has_openid(&self) -> bool {
-        self.scope.iter().any(|s| s == "openid")
-    }
-
-    /// Whether `email` was granted (the ID token carries `email` and `email_verified`).
-    pub fn has_email(&self) -> bool {
-        self.scope.iter().any(|s| s == "email")
-    }
-}
-
 /// Why policy refuses an exchange.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {

@@ -13,15 +13,18 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::clients::{Authenticator, MemoryReplayStore};
-use crate::config::{CLIENT_ASSERTION_ALGS, Settings, TOKEN_EXCHANGE_GRANT};
-use crate::exchange::{Exchanger, SubjectTokenTypes};
+use crate::clients::{Authenticator, MemoryReplayStore, Verification};
+use crate::config::{CLIENT_ASSERTION_ALGS, IssueMode, Settings, TOKEN_EXCHANGE_GRANT};
+use crate::exchange::{Endpoints, Exchanger, Issuer, SubjectTokenTypes};
 use crate::handlers;
+use crate::hydra::{Hydra, HydraError};
 use crate::keys::{KeyError, KeySet};
 use crate::kratos::{KratosClient, SessionResolver};
+use crate::proxy::{Proxy, ProxyError};
 use crate::tokens::Minter;
 
 /// The body type of every response: fixed bodies now, streamed ones for pass-through later.
@@ -51,9 +54,12 @@ pub enum StartError {
     /// The client registry could not be built.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    /// The HTTP client for Kratos could not be built.
-    #[error("kratos: {0}")]
-    Kratos(#[from] reqwest::Error),
+    /// An HTTP client for Kratos or Hydra could not be built.
+    #[error("http client: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The pass-through to Hydra could not be set up.
+    #[error("hydra: {0}")]
+    Proxy(#[from] ProxyError),
     /// A listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -67,10 +73,30 @@ pub struct App {
     pub keys: Arc<KeySet>,
     /// The largest token-endpoint body read.
     pub max_body_bytes: usize,
-    /// The discovery document, serialised once.
-    pub discovery: Bytes,
-    /// The JWKS, serialised once.
-    pub jwks: Bytes,
+    /// Standalone, or in front of Hydra.
+    pub front: Front,
+}
+
+/// What Iris stands in front of.
+pub enum Front {
+    /// No Hydra: Iris serves its own discovery document and JWKS.
+    Standalone {
+        /// Issuer and token endpoint.
+        endpoints: Endpoints,
+        /// The discovery document, serialised once.
+        discovery: Bytes,
+        /// The JWKS, serialised once.
+        jwks: Bytes,
+    },
+    /// Hydra's public port behind Iris.
+    Hydra {
+        /// Hydra's APIs.
+        hydra: Arc<Hydra>,
+        /// The pass-through.
+        proxy: Box<Proxy>,
+        /// `issuer` from the configuration, else Hydra's.
+        issuer: Option<String>,
+    },
 }
 
 impl App {
@@ -87,12 +113,6 @@ impl App {
         public_addr: SocketAddr,
         sessions: Arc<dyn SessionResolver>,
     ) -> Result<App, StartError> {
-        let issuer = settings
-            .issuer
-            .clone()
-            .unwrap_or_else(|| format!("http://{}:{}/", settings.public.host, public_addr.port()));
-        let base = issuer.trim_end_matches('/');
-        let token_endpoint = format!("{base}/oauth2/token");
         let keys = Arc::new(KeySet::load(&settings.signing_keys)?);
         if keys.ephemeral {
             tracing::warn!(
@@ -101,24 +121,29 @@ impl App {
                  and list it under signing.keys"
             );
         }
-        let discovery = serde_json::json!({
-            "issuer": issuer,
-            "token_endpoint": token_endpoint,
-            "jwks_uri": format!("{base}/.well-known/jwks.json"),
-            "grant_types_supported": [TOKEN_EXCHANGE_GRANT],
-            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
-            "token_endpoint_auth_signing_alg_values_supported": CLIENT_ASSERTION_ALGS,
-            "id_token_signing_alg_values_supported": keys.algorithms(),
-            "subject_types_supported": ["public"],
-        });
-        let authenticator = Authenticator::new(
+        let mut authenticator = Authenticator::new(
             &settings.clients,
             settings.allow_plaintext_secrets,
             Arc::new(MemoryReplayStore::default()),
-            token_endpoint,
         )?;
+        let (front, issuer) = match &settings.hydra {
+            None => (standalone(settings, public_addr, &keys), Issuer::Synthesize),
+            Some(hydra_settings) => {
+                let hydra = Arc::new(Hydra::new(hydra_settings)?);
+                let (verification, issuer) = match settings.issue {
+                    IssueMode::Synthesize => (Verification::Iris, Issuer::Synthesize),
+                    IssueMode::Forward => (Verification::Hydra, Issuer::Forward(hydra.clone())),
+                };
+                authenticator = authenticator.with_hydra(hydra.clone(), verification);
+                let front = Front::Hydra {
+                    proxy: Box::new(Proxy::new(hydra_settings.public_url.clone(), "http")?),
+                    hydra,
+                    issuer: settings.issuer.clone(),
+                };
+                (front, issuer)
+            }
+        };
         let minter = Minter::new(
-            issuer,
             keys.clone(),
             settings.access_token_ttl,
             settings.id_token_ttl,
@@ -128,17 +153,88 @@ impl App {
                 authenticator: Arc::new(authenticator),
                 sessions,
                 minter: Arc::new(minter),
+                keys: keys.clone(),
+                issuer,
                 policy: settings.policy.clone(),
                 subject_token_types: SubjectTokenTypes {
                     session_token: settings.kratos.session_token_types.clone(),
                     session_cookie: settings.kratos.session_cookie_types.clone(),
                 },
             },
-            jwks: Bytes::from(keys.jwks().to_string()),
             keys,
             max_body_bytes: settings.public.max_body_bytes,
-            discovery: Bytes::from(discovery.to_string()),
+            front,
         })
+    }
+
+    /// The issuer and token endpoint of this instant: fixed standalone, from Hydra's discovery
+    /// (cached) in front of Hydra.
+    pub async fn endpoints(&self) -> Result<Endpoints, HydraError> {
+        match &self.front {
+            Front::Standalone { endpoints, .. } => Ok(endpoints.clone()),
+            Front::Hydra { hydra, issuer, .. } => {
+                let (hydra_issuer, token_endpoint) = hydra.endpoints().await?;
+                Ok(Endpoints {
+                    issuer: issuer.clone().unwrap_or(hydra_issuer),
+                    token_endpoint,
+                })
+            }
+        }
+    }
+}
+
+/// Standalone: Iris's own issuer, discovery document and JWKS.
+fn standalone(settings: &Settings, public_addr: SocketAddr, keys: &KeySet) -> Front {
+    let issuer = settings
+        .issuer
+        .clone()
+        .unwrap_or_else(|| format!("http://{}:{}/", settings.public.host, public_addr.port()));
+    let base = issuer.trim_end_matches('/').to_owned();
+    let token_endpoint = format!("{base}/oauth2/token");
+    let discovery = serde_json::json!({
+        "issuer": issuer,
+        "token_endpoint": token_endpoint,
+        "jwks_uri": format!("{base}/.well-known/jwks.json"),
+        "grant_types_supported": [TOKEN_EXCHANGE_GRANT],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": CLIENT_ASSERTION_ALGS,
+        "id_token_signing_alg_values_supported": keys.algorithms(),
+        "subject_types_supported": ["public"],
+    });
+    Front::Standalone {
+        endpoints: Endpoints {
+            issuer,
+            token_endpoint,
+        },
+        discovery: Bytes::from(discovery.to_string()),
+        jwks: Bytes::from(keys.jwks().to_string()),
+    }
+}
+
+/// Forward mode: registers the trust relationship at start, retrying while Hydra is down, so
+/// the first exchange does not pay for it (an exchange also registers it if this has not yet).
+async fn register_trust_in_background(app: Arc<App>) {
+    let Issuer::Forward(hydra) = &app.exchanger.issuer else {
+        return;
+    };
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let result = match app.endpoints().await {
+            Ok(endpoints) => {
+                hydra
+                    .ensure_trust(hydra.trust_issuer(&endpoints.issuer), &app.keys)
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot register the trust relationship at Hydra yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
     }
 }
 
@@ -162,6 +258,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     tracing::info!(public = %public.local_addr()?, admin = %admin.local_addr()?, "listening");
+    let registration = tokio::spawn(register_trust_in_background(app.clone()));
     let (stop, stopped) = watch::channel(false);
     let public_app = app.clone();
     let public_loop = accept_loop(public, stopped.clone(), move |req, peer| {
@@ -177,6 +274,7 @@ pub async fn serve(
         let _ = stop.send(true);
     };
     tokio::join!(public_loop, admin_loop, trigger);
+    registration.abort();
     Ok(())
 }
 

@@ -12,6 +12,7 @@ use sha2::Digest;
 
 use crate::clients::Client;
 use crate::exchange::TokenResponse;
+use crate::hydra::HydraToken;
 use crate::keys::KeySet;
 use crate::kratos::Session;
 use crate::policy::Grant;
@@ -98,7 +99,6 @@ pub struct IdTokenClaims<'a> {
 
 /// Signs tokens with the first configured key.
 pub struct Minter {
-    issuer: String,
     keys: Arc<KeySet>,
     access_token_ttl: std::time::Duration,
     id_token_ttl: std::time::Duration,
@@ -107,10 +107,36 @@ pub struct Minter {
     id_header: Header,
 }
 
+/// What one exchange issues for: who, to whom, under which issuer, when.
+pub struct Issuance<'a> {
+    /// `iss`.
+    pub issuer: &'a str,
+    /// The authenticated client.
+    pub client: &'a Client,
+    /// The granted scope and audiences.
+    pub grant: &'a Grant,
+    /// The resolved session.
+    pub session: &'a Session,
+    /// The time of issue.
+    pub now: SystemTime,
+}
+
+/// Why a forwarded token cannot be returned as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ReshapeError {
+    /// `requested_token_type` jwt, but Hydra issued an opaque token.
+    #[error(
+        "requested_token_type jwt needs Hydra to issue JWT access tokens (strategies.access_token: jwt or the client's access_token_strategy)"
+    )]
+    NotAJwt,
+    /// Signing the ID token failed.
+    #[error(transparent)]
+    Mint(#[from] MintError),
+}
+
 impl Minter {
-    /// A minter for `issuer` with the configured lifetimes.
+    /// A minter with the configured lifetimes.
     pub fn new(
-        issuer: String,
         keys: Arc<KeySet>,
         access_token_ttl: std::time::Duration,
         id_token_ttl: std::time::Duration,
@@ -122,7 +148,6 @@ impl Minter {
             ..Header::new(signer.alg)
         };
         Minter {
-            issuer,
             access_header: header("at+jwt"),
             id_header: header("JWT"),
             keys,
@@ -131,67 +156,39 @@ impl Minter {
         }
     }
 
-    /// The issuer Iris signs as.
-    pub fn issuer(&self) -> &str {
-        &self.issuer
-    }
-
-    /// Mints what was asked for; no `exp` is after the session's `expires_at`.
+    /// Synthesize mode: mints what was asked for; no `exp` is after the session's `expires_at`.
     pub fn mint(
         &self,
-        client: &Client,
-        grant: &Grant,
-        session: &Session,
+        at: &Issuance<'_>,
         requested: RequestedTokenType,
-        now: SystemTime,
     ) -> Result<TokenResponse, MintError> {
-        let iat = seconds(now);
-        let session_end = seconds(session.expires_at);
-        let access_exp = (iat + self.access_token_ttl.as_secs()).min(session_end);
-        let id_exp = (iat + self.id_token_ttl.as_secs()).min(session_end);
-        let scope = (!grant.scope.is_empty()).then(|| grant.scope.join(" "));
-        let signer = self.keys.signer();
-
+        let iat = seconds(at.now);
+        let access_exp =
+            (iat + self.access_token_ttl.as_secs()).min(seconds(at.session.expires_at));
+        let scope = (!at.grant.scope.is_empty()).then(|| at.grant.scope.join(" "));
         if requested == RequestedTokenType::IdToken {
-            let id_token = self.id_token(client, grant, session, iat, id_exp, None)?;
-            return Ok(TokenResponse {
-                access_token: id_token,
-                issued_token_type: token_type::ID_TOKEN,
-                token_type: "N_A",
-                expires_in: id_exp.saturating_sub(iat),
-                scope,
-                id_token: None,
-            });
+            return self.id_token_response(at, scope);
         }
-
         let claims = AccessTokenClaims {
-            iss: &self.issuer,
-            sub: &session.identity_id,
-            aud: &grant.audience,
-            client_id: &client.id,
+            iss: at.issuer,
+            sub: &at.session.identity_id,
+            aud: &at.grant.audience,
+            client_id: &at.client.id,
             iat,
             exp: access_exp,
             jti: new_jti(),
             scope: scope.clone(),
-            auth_time: seconds(session.authenticated_at),
-            acr: &session.aal,
-            amr: &session.amr,
-            sid: &session.id,
+            auth_time: seconds(at.session.authenticated_at),
+            acr: &at.session.aal,
+            amr: &at.session.amr,
+            sid: &at.session.id,
         };
+        let signer = self.keys.signer();
         let access_token = jsonwebtoken::encode(&self.access_header, &claims, &signer.encoding)?;
-        let id_token = if grant.has_openid() {
-            let at_hash = at_hash(&access_token, signer.alg);
-            Some(self.id_token(client, grant, session, iat, id_exp, Some(at_hash))?)
-        } else {
-            None
-        };
+        let id_token = self.id_token_beside(at, &at.grant.scope, &access_token)?;
         Ok(TokenResponse {
             access_token,
-            issued_token_type: if requested == RequestedTokenType::Jwt {
-                token_type::JWT
-            } else {
-                token_type::ACCESS_TOKEN
-            },
+            issued_token_type: access_token_type(requested),
             token_type: "Bearer",
             expires_in: access_exp.saturating_sub(iat),
             scope,
@@ -199,24 +196,85 @@ impl Minter {
         })
     }
 
+    /// Forward mode: Hydra's access token in the RFC 8693 shape, with an ID token Iris signs when
+    /// Hydra granted `openid`. Hydra decides the access token's lifetime; never a refresh token.
+    pub fn around_forwarded(
+        &self,
+        at: &Issuance<'_>,
+        forwarded: HydraToken,
+        requested: RequestedTokenType,
+    ) -> Result<TokenResponse, ReshapeError> {
+        if requested == RequestedTokenType::Jwt && forwarded.access_token.split('.').count() != 3 {
+            return Err(ReshapeError::NotAJwt);
+        }
+        let granted: Vec<String> = forwarded
+            .scope
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        let id_token = self.id_token_beside(at, &granted, &forwarded.access_token)?;
+        Ok(TokenResponse {
+            issued_token_type: access_token_type(requested),
+            token_type: "Bearer",
+            expires_in: forwarded.expires_in,
+            scope: (!granted.is_empty()).then(|| granted.join(" ")),
+            id_token,
+            access_token: forwarded.access_token,
+        })
+    }
+
+    /// `requested_token_type=id_token`: the ID token alone, in `access_token`.
+    pub fn id_token_response(
+        &self,
+        at: &Issuance<'_>,
+        scope: Option<String>,
+    ) -> Result<TokenResponse, MintError> {
+        let (id_token, expires_in) = self.id_token(at, &at.grant.scope, None)?;
+        Ok(TokenResponse {
+            access_token: id_token,
+            issued_token_type: token_type::ID_TOKEN,
+            token_type: "N_A",
+            expires_in,
+            scope,
+            id_token: None,
+        })
+    }
+
+    /// The ID token that goes with `access_token` when `openid` is among `scope`.
+    fn id_token_beside(
+        &self,
+        at: &Issuance<'_>,
+        scope: &[String],
+        access_token: &str,
+    ) -> Result<Option<String>, MintError> {
+        if !scope.iter().any(|s| s == "openid") {
+            return Ok(None);
+        }
+        let at_hash = at_hash(access_token, self.keys.signer().alg);
+        Ok(Some(self.id_token(at, scope, Some(at_hash))?.0))
+    }
+
+    /// An ID token and its lifetime in seconds, clamped to the session.
     fn id_token(
         &self,
-        client: &Client,
-        grant: &Grant,
-        session: &Session,
-        iat: u64,
-        exp: u64,
+        at: &Issuance<'_>,
+        scope: &[String],
         at_hash: Option<String>,
-    ) -> Result<String, MintError> {
-        let email = grant
-            .has_email()
+    ) -> Result<(String, u64), MintError> {
+        let iat = seconds(at.now);
+        let exp = (iat + self.id_token_ttl.as_secs()).min(seconds(at.session.expires_at));
+        let session = at.session;
+        let email = scope
+            .iter()
+            .any(|s| s == "email")
             .then_some(session.email.as_deref())
             .flatten();
         let claims = IdTokenClaims {
-            iss: &self.issuer,
+            iss: at.issuer,
             sub: &session.identity_id,
-            aud: &client.id,
-            azp: &client.id,
+            aud: &at.client.id,
+            azp: &at.client.id,
             iat,
             exp,
             auth_time: seconds(session.authenticated_at),
@@ -227,11 +285,16 @@ impl Minter {
             email,
             email_verified: email.map(|_| session.email_verified),
         };
-        Ok(jsonwebtoken::encode(
-            &self.id_header,
-            &claims,
-            &self.keys.signer().encoding,
-        )?)
+        let token = jsonwebtoken::encode(&self.id_header, &claims, &self.keys.signer().encoding)?;
+        Ok((token, exp.saturating_sub(iat)))
+    }
+}
+
+fn access_token_type(requested: RequestedTokenType) -> &'static str {
+    if requested == RequestedTokenType::Jwt {
+        token_type::JWT
+    } else {
+        token_type::ACCESS_TOKEN
     }
 }
 
@@ -242,7 +305,7 @@ fn seconds(time: SystemTime) -> u64 {
 }
 
 /// 128 random bits, base64url: unique per token.
-fn new_jti() -> String {
+pub fn new_jti() -> String {
     let mut bytes = [0u8; 16];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
     B64.encode(bytes)

@@ -130,6 +130,7 @@ pub enum Fault {
 
 /// What a credential resolves to.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // test data, built a handful of times
 pub enum Entry {
     /// A stored session.
     Session(SessionRecord),

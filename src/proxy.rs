@@ -1,0 +1,193 @@
+//! Pass-through to Hydra's public port: method, path, query, headers and body unchanged and
+//! streamed both ways over a pooled keep-alive client, minus hop-by-hop headers (RFC 9110
+//! §7.6.1), with `X-Forwarded-*` set by Iris and never taken from the client (BCP-7).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::server::ResponseBody;
+
+/// The body of a forwarded request: streamed from the client, or the token-endpoint form Iris
+/// already read.
+pub type ForwardBody = BoxBody<Bytes, hyper::Error>;
+
+/// Why a request could not be passed through.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Hydra could not be reached or broke the exchange off.
+    #[error("Hydra is unreachable: {0}")]
+    Unreachable(String),
+    /// The upstream URL could not be built from the request.
+    #[error("the request URI cannot be forwarded: {0}")]
+    BadUri(String),
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1, plus the non-standard `Keep-Alive` and
+/// `Proxy-Connection`) and the forwarding headers Iris sets itself.
+const DROPPED: [HeaderName; 11] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::FORWARDED,
+    HeaderName::from_static("x-forwarded-for"),
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(DROPPED.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// The pooled client to Hydra's public port.
+pub struct Proxy {
+    client: Client<HttpsConnector<HttpConnector>, ForwardBody>,
+    upstream: url::Url,
+    scheme: &'static str,
+}
+
+impl Proxy {
+    /// A proxy to `upstream` for a listener speaking `scheme` (`http` or `https`).
+    pub fn new(upstream: url::Url, scheme: &'static str) -> Result<Self, ProxyError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .try_with_platform_verifier()
+            .map_err(|e| ProxyError::Unreachable(format!("TLS setup: {e}")))?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        Ok(Proxy {
+            client,
+            upstream,
+            scheme,
+        })
+    }
+
+    /// Forwards one request and streams the answer back.
+    pub async fn forward(
+        &self,
+        mut parts: http::request::Parts,
+        body: ForwardBody,
+        peer: SocketAddr,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        parts.uri = self.upstream_uri(&parts.uri)?;
+        // The pool speaks HTTP/1.1 to Hydra whatever the client spoke to Iris.
+        parts.version = Version::HTTP_11;
+        let headers = &mut parts.headers;
+        strip_hop_by_hop(headers);
+        headers.remove(&X_FORWARDED_PROTO);
+        headers.remove(&X_FORWARDED_HOST);
+        if let Ok(peer) = HeaderValue::from_str(&peer.ip().to_string()) {
+            headers.insert(X_FORWARDED_FOR, peer);
+        }
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.scheme));
+        if let Some(host) = original_host {
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+        let response = self
+            .client
+            .request(Request::from_parts(parts, body))
+            .await
+            .map_err(|e| ProxyError::Unreachable(e.to_string()))?;
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, body.boxed()))
+    }
+
+    fn upstream_uri(&self, original: &Uri) -> Result<Uri, ProxyError> {
+        let prefix = self.upstream.path().trim_end_matches('/');
+        let path_and_query = original.path_and_query().map_or("/", |pq| pq.as_str());
+        let authority = match self.upstream.port() {
+            Some(port) => format!("{}:{port}", self.upstream.host_str().unwrap_or_default()),
+            None => self.upstream.host_str().unwrap_or_default().to_owned(),
+        };
+        format!(
+            "{}://{authority}{prefix}{path_and_query}",
+            self.upstream.scheme()
+        )
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| ProxyError::BadUri(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_dropped() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-secret-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret-hop", "1"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic x"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("authorization", "Basic keep"),
+            ("x-request-id", "keep"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["authorization", "x-request-id"]);
+    }
+
+    #[test]
+    fn upstream_uris_keep_path_and_query_under_the_prefix() {
+        let proxy = Proxy::new("http://hydra:4444/base/".parse().unwrap(), "http").unwrap();
+        let uri = proxy
+            .upstream_uri(&"/oauth2/auth?client_id=a&x=%20".parse().unwrap())
+            .unwrap();
+        assert_eq!(
+            uri.to_string(),
+            "http://hydra:4444/base/oauth2/auth?client_id=a&x=%20"
+        );
+    }
+}
