@@ -51,7 +51,7 @@ pub async fn public(
 }
 
 /// Routes a request on the admin listener.
-pub async fn admin(request: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn admin(app: &App, request: Request<Incoming>) -> Response<ResponseBody> {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
@@ -59,10 +59,29 @@ pub async fn admin(request: Request<Incoming>) -> Response<ResponseBody> {
         (Method::GET | Method::HEAD, "/health/alive") => {
             json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#))
         }
+        (Method::GET | Method::HEAD, "/health/ready") => ready(app).await,
         _ => not_found(),
     };
     log_request(&method, &path, response.status(), started);
     response
+}
+
+/// `/health/ready`: 200 `{"status":"ok"}`, or 503 `{"errors":{...}}` naming what is down, as
+/// Ory services answer it.
+async fn ready(app: &App) -> Response<ResponseBody> {
+    let down = app.unready().await;
+    if down.is_empty() {
+        return json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#));
+    }
+    let errors: serde_json::Map<String, serde_json::Value> = down
+        .into_iter()
+        .map(|(name, reason)| (name.to_owned(), serde_json::Value::String(reason)))
+        .collect();
+    let body = serde_json::json!({ "errors": errors });
+    json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Bytes::from(body.to_string()),
+    )
 }
 
 fn log_request(method: &Method, path: &str, status: StatusCode, started: Instant) {

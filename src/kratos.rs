@@ -84,6 +84,9 @@ pub trait SessionResolver: Send + Sync {
         &'a self,
         token: &'a SubjectToken,
     ) -> BoxFuture<'a, Result<Session, SessionError>>;
+
+    /// Whether the session store answers at all (readiness); `Err` says why not.
+    fn ready(&self) -> BoxFuture<'_, Result<(), String>>;
 }
 
 /// The Kratos public API client.
@@ -189,6 +192,22 @@ impl SessionResolver for KratosClient {
         token: &'a SubjectToken,
     ) -> BoxFuture<'a, Result<Session, SessionError>> {
         Box::pin(self.whoami(token))
+    }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            // whoami without a credential answers 401 when Kratos is up: any answer below 500 is.
+            let response = self
+                .http
+                .get(self.whoami.clone())
+                .send()
+                .await
+                .map_err(|e| describe_transport(&e))?;
+            if response.status().is_server_error() {
+                return Err(format!("whoami answered {}", response.status()));
+            }
+            Ok(())
+        })
     }
 }
 

@@ -167,6 +167,28 @@ impl App {
         })
     }
 
+    /// Readiness: what is down, by name (`kratos`, `hydra`); empty when everything answers.
+    pub async fn unready(&self) -> Vec<(&'static str, String)> {
+        let kratos = self.exchanger.sessions.ready();
+        let hydra = async {
+            match &self.front {
+                Front::Hydra { hydra, .. } if !hydra.reachable().await => {
+                    Err("Hydra's public port does not answer".to_owned())
+                }
+                _ => Ok(()),
+            }
+        };
+        let (kratos, hydra) = tokio::join!(kratos, hydra);
+        let mut down = Vec::new();
+        if let Err(reason) = kratos {
+            down.push(("kratos", reason));
+        }
+        if let Err(reason) = hydra {
+            down.push(("hydra", reason));
+        }
+        down
+    }
+
     /// The issuer and token endpoint of this instant: fixed standalone, from Hydra's discovery
     /// (cached) in front of Hydra.
     pub async fn endpoints(&self) -> Result<Endpoints, HydraError> {
@@ -265,8 +287,10 @@ pub async fn serve(
         let app = public_app.clone();
         async move { Ok::<_, Infallible>(handlers::public(&app, req, peer).await) }
     });
-    let admin_loop = accept_loop(admin, stopped, move |req, _peer| async move {
-        Ok::<_, Infallible>(handlers::admin(req).await)
+    let admin_app = app.clone();
+    let admin_loop = accept_loop(admin, stopped, move |req, _peer| {
+        let app = admin_app.clone();
+        async move { Ok::<_, Infallible>(handlers::admin(&app, req).await) }
     });
     let trigger = async move {
         shutdown.await;

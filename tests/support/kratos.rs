@@ -165,7 +165,7 @@ pub struct Kratos {
     pub cookie_name: String,
     state: Arc<Mutex<State>>,
     count: Arc<AtomicUsize>,
-    shutdown: Arc<tokio::sync::Notify>,
+    running: Arc<Mutex<Option<tokio::sync::watch::Sender<bool>>>>,
 }
 
 impl Kratos {
@@ -182,40 +182,63 @@ impl Kratos {
         Self::start_on(listener, cookie_name).await
     }
 
-    /// Starts on a given listener (to restart on the same port).
+    /// Starts on a given listener.
     pub async fn start_on(listener: tokio::net::TcpListener, cookie_name: &str) -> Kratos {
         let kratos = Kratos {
             addr: listener.local_addr().expect("addr"),
             cookie_name: cookie_name.into(),
             state: Arc::default(),
             count: Arc::default(),
-            shutdown: Arc::new(tokio::sync::Notify::new()),
+            running: Arc::default(),
         };
-        let server = kratos.clone();
+        kratos.serve(listener);
+        kratos
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        *self.running.lock().unwrap() = Some(stop);
+        let server = self.clone();
         tokio::spawn(async move {
             loop {
+                let mut accept_stopped = stopped.clone();
                 let (stream, _) = tokio::select! {
                     accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
-                    _ = server.shutdown.notified() => return,
+                    _ = accept_stopped.changed() => return,
                 };
                 let server = server.clone();
+                let mut connection_stopped = stopped.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let server = server.clone();
                         async move { Ok::<_, Infallible>(server.handle(req).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    // Stopping drops open keep-alive connections too, as a crashed Kratos would.
+                    tokio::select! {
+                        _ = connection => {}
+                        _ = connection_stopped.changed() => {}
+                    }
                 });
             }
         });
-        kratos
     }
 
-    /// Stops accepting connections.
+    /// Stops listening and closes every open connection (Kratos down).
     pub fn stop(&self) {
-        self.shutdown.notify_waiters();
+        if let Some(stop) = self.running.lock().unwrap().take() {
+            let _ = stop.send(true);
+        }
+    }
+
+    /// Listens again on the same address, with the same sessions (Kratos back).
+    pub async fn restart(&self) {
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .expect("rebind");
+        self.serve(listener);
     }
 
     /// `http://127.0.0.1:PORT`.
