@@ -122,11 +122,12 @@ impl KratosClient {
         let (name, value) = match token.kind {
             SubjectTokenKind::SessionToken => ("x-session-token", token.value.expose().to_owned()),
             SubjectTokenKind::SessionCookie => {
-                // Clients sometimes quote the cookie value (kratos#3685); Kratos's parser strips it.
-                (
-                    "cookie",
-                    format!("{}={}", self.cookie_name, token.value.expose()),
-                )
+                let value = token.value.expose();
+                // A `;` would smuggle further cookies to Kratos: only RFC 6265 cookie values pass.
+                if !is_cookie_value(value) {
+                    return Err(SessionError::Unsendable);
+                }
+                ("cookie", format!("{}={value}", self.cookie_name))
             }
         };
         let mut value = HeaderValue::from_str(&value).map_err(|_| SessionError::Unsendable)?;
@@ -209,6 +210,19 @@ impl SessionResolver for KratosClient {
             Ok(())
         })
     }
+}
+
+/// RFC 6265 §4.1.1 `cookie-value`: cookie-octets, optionally in double quotes (clients
+/// sometimes quote the Kratos cookie, kratos#3685; Kratos's parser strips the quotes).
+fn is_cookie_value(value: &str) -> bool {
+    let inner = value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(value);
+    !inner.is_empty()
+        && inner
+            .bytes()
+            .all(|b| matches!(b, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E))
 }
 
 fn describe_transport(error: &reqwest::Error) -> String {
@@ -306,5 +320,27 @@ impl WireSession {
             email,
             email_verified,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_rfc6265_cookie_values_are_sent() {
+        assert!(is_cookie_value("MTcxMDkyOTYwMHxhYmNk-_=="));
+        assert!(is_cookie_value("\"MTcxMDkyOTYwMA==\""));
+        for bad in [
+            "",
+            "a; ory_kratos_session=b",
+            "a b",
+            "a,b",
+            "a\\b",
+            "\"",
+            "caf\u{e9}",
+        ] {
+            assert!(!is_cookie_value(bad), "{bad:?}");
+        }
     }
 }

@@ -278,3 +278,19 @@ async fn an_unsendable_subject_token_is_invalid_request() {
         .assert_error(400, "invalid_request");
     assert_eq!(kratos.calls(), 0);
 }
+
+/// A cookie subject token that is not an RFC 6265 cookie value (a `;` smuggling more cookies)
+/// is invalid_request, and Kratos is not asked.
+#[tokio::test]
+async fn a_cookie_value_smuggling_cookies_is_invalid_request() {
+    let (kratos, iris) = start_with_alice().await;
+    let pairs = [
+        ("grant_type", iris::config::TOKEN_EXCHANGE_GRANT),
+        ("subject_token", "x; ory_kratos_session=other; csrf=1"),
+        ("subject_token_type", COOKIE_TYPE),
+    ];
+    post_form(&iris, &pairs, Auth::Basic("orders-service", ORDERS_SECRET))
+        .await
+        .assert_error(400, "invalid_request");
+    assert_eq!(kratos.calls(), 0);
+}

@@ -6,5 +6,8 @@ mod support;
 mod cli;
 mod client_auth;
 mod exchange_rules;
+mod health;
+mod hostile;
 mod kratos_mapping;
 mod policy;
+mod tokens;
