@@ -101,7 +101,12 @@ impl Client {
                     .parse()
                     .ok()
                     .filter(|_| config::CLIENT_ASSERTION_ALGS.contains(&alg_name));
-                match (alg, &record.jwks) {
+                // Hydra answers `jwks: {}` for a client whose keys are at its jwks_uri.
+                let inline = record
+                    .jwks
+                    .as_ref()
+                    .filter(|jwks| jwks["keys"].as_array().is_some_and(|keys| !keys.is_empty()));
+                match (alg, inline) {
                     (Some(alg), Some(jwks)) => Credential::PrivateKeyJwt {
                         alg,
                         keys: KeySource::Inline(decoding_keys(jwks)),
