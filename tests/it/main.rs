@@ -8,6 +8,8 @@ mod client_auth;
 mod exchange_rules;
 mod health;
 mod hostile;
+mod hydra_front;
+mod hydra_standin;
 mod kratos_mapping;
 mod policy;
 mod tokens;

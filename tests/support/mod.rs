@@ -1,6 +1,7 @@
 //! Test support: the Kratos stand-in, fixture clients, and Iris started in-process on port 0.
 #![allow(dead_code)]
 
+pub mod hydra;
 pub mod kratos;
 
 use std::net::SocketAddr;
