@@ -101,7 +101,7 @@ fn check(files: &[PathBuf]) -> ExitCode {
     if let Err(error) = crate::clients::Authenticator::new(
         &settings.clients,
         settings.allow_plaintext_secrets,
-        std::sync::Arc::new(crate::clients::MemoryReplayStore::default()),
+        std::sync::Arc::new(crate::store::MemoryStore::default()),
     ) {
         return fail(error);
     }

@@ -2,10 +2,8 @@
 //! RFC 7523 §2.2 for `private_key_jwt`).
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -17,6 +15,7 @@ use subtle::ConstantTimeEq;
 use crate::config::{self, AuthMethod, ClientConfig, SecretConfig};
 use crate::hydra::{ClientRecord, Hydra, HydraError};
 use crate::secret::Secret;
+use crate::store::OneTimeStore;
 
 /// RFC 7523 §2.2: the only client assertion type Iris accepts.
 pub const JWT_BEARER_ASSERTION_TYPE: &str =
@@ -260,49 +259,6 @@ pub enum AuthError {
     Directory(HydraError),
 }
 
-/// A boxed future, so that [`ReplayStore`] can be used as a trait object.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Remembers assertion `jti`s until they expire. The in-memory store serves one instance; a
-/// shared store (Redis, SQL) replaces it when several replicas must agree.
-pub trait ReplayStore: Send + Sync {
-    /// Records `key` until `expires_at`; `Ok(false)` when it was already recorded.
-    fn first_use<'a>(
-        &'a self,
-        key: &'a str,
-        expires_at: SystemTime,
-    ) -> BoxFuture<'a, Result<bool, String>>;
-}
-
-/// A [`ReplayStore`] in this process's memory.
-#[derive(Default)]
-pub struct MemoryReplayStore {
-    seen: Mutex<HashMap<String, SystemTime>>,
-}
-
-impl ReplayStore for MemoryReplayStore {
-    fn first_use<'a>(
-        &'a self,
-        key: &'a str,
-        expires_at: SystemTime,
-    ) -> BoxFuture<'a, Result<bool, String>> {
-        Box::pin(async move {
-            let now = SystemTime::now();
-            let mut seen = self
-                .seen
-                .lock()
-                .map_err(|_| "replay store lock poisoned".to_string())?;
-            // Purging on insert keeps the map as small as the set of live assertions.
-            seen.retain(|_, until| *until > now);
-            if seen.contains_key(key) {
-                return Ok(false);
-            }
-            seen.insert(key.to_owned(), expires_at);
-            Ok(true)
-        })
-    }
-}
-
 /// Who checks client credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verification {
@@ -318,7 +274,7 @@ pub struct Authenticator {
     clients: HashMap<String, Arc<Client>>,
     hydra: Option<Arc<Hydra>>,
     verification: Verification,
-    replay: Arc<dyn ReplayStore>,
+    replay: Arc<dyn OneTimeStore>,
     /// Checked when the client is unknown, so that an unknown id costs as much as a wrong secret.
     decoy_hash: Arc<str>,
 }
@@ -328,7 +284,7 @@ impl Authenticator {
     pub fn new(
         clients: &[ClientConfig],
         allow_plaintext: bool,
-        replay: Arc<dyn ReplayStore>,
+        replay: Arc<dyn OneTimeStore>,
     ) -> Result<Self, config::ConfigError> {
         let mut by_id = HashMap::new();
         for (index, entry) in clients.iter().enumerate() {
@@ -501,7 +457,7 @@ impl Authenticator {
             .ok_or(AuthError::Assertion("jti is required"))?;
         let expires_at = UNIX_EPOCH + Duration::from_secs(claims.exp);
         let key = format!("{}\u{0}{}", claimed, jti);
-        match self.replay.first_use(&key, expires_at).await {
+        match self.replay.insert_new(&key, Vec::new(), expires_at).await {
             Ok(true) => Ok(client),
             Ok(false) => Err(AuthError::ReplayedJti),
             Err(e) => Err(AuthError::Store(e)),
@@ -757,20 +713,6 @@ mod tests {
             credentials(&presented),
             Err(AuthError::MultipleMethods)
         ));
-    }
-
-    #[tokio::test]
-    async fn a_jti_is_accepted_once_until_it_expires() {
-        let store = MemoryReplayStore::default();
-        let later = SystemTime::now() + Duration::from_secs(60);
-        assert!(store.first_use("c\0j1", later).await.unwrap());
-        assert!(!store.first_use("c\0j1", later).await.unwrap());
-        let past = SystemTime::now() - Duration::from_secs(1);
-        assert!(store.first_use("c\0j2", past).await.unwrap());
-        assert!(
-            store.first_use("c\0j2", later).await.unwrap(),
-            "expired entries are forgotten"
-        );
     }
 
     #[tokio::test]

@@ -54,6 +54,13 @@ pub const ENV_KEYS: &[&str] = &[
     "tokens.issue",
     "tokens.access_token_ttl",
     "tokens.id_token_ttl",
+    "bridge.enabled",
+    "bridge.path",
+    "bridge.client_id",
+    "bridge.allowed_origins",
+    "bridge.audience",
+    "bridge.scope",
+    "bridge.response",
     "policy.require_first_party",
     "policy.required_aal",
     "log.level",
@@ -149,6 +156,8 @@ pub struct RawConfig {
     pub signing: SigningConfig,
     /// The static client registry.
     pub clients: Vec<ClientConfig>,
+    /// The session bridge for first-party SPAs.
+    pub bridge: BridgeConfig,
     /// Who may exchange sessions.
     pub policy: PolicyConfig,
     /// Logging.
@@ -402,6 +411,51 @@ impl fmt::Debug for ClientConfig {
     }
 }
 
+/// What the session bridge answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BridgeResponse {
+    /// The tokens themselves (the RFC 8693 success body).
+    #[default]
+    Token,
+    /// A one-time code the page redeems with PKCE at `/oauth2/token` (the cookbook's Hera pattern).
+    Code,
+}
+
+/// `bridge`: the session bridge for first-party SPAs (DESIGN.md §6).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeConfig {
+    /// Serve the bridge.
+    pub enabled: bool,
+    /// Where it listens on the public listener.
+    pub path: String,
+    /// The static, first-party client the tokens are issued to.
+    pub client_id: String,
+    /// Origins (`scheme://host[:port]`) whose pages may call the bridge, matched exactly.
+    pub allowed_origins: Vec<String>,
+    /// Audiences of the tokens; default: the client's only audience.
+    pub audience: Vec<String>,
+    /// Space-separated scopes of the tokens (within the client's scope).
+    pub scope: String,
+    /// Tokens, or a one-time code.
+    pub response: BridgeResponse,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        BridgeConfig {
+            enabled: false,
+            path: "/session/bridge".into(),
+            client_id: String::new(),
+            allowed_origins: Vec::new(),
+            audience: Vec::new(),
+            scope: String::new(),
+            response: BridgeResponse::Token,
+        }
+    }
+}
+
 /// Authenticator assurance levels Iris can require.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -601,6 +655,8 @@ pub struct Settings {
     pub signing_keys: Vec<PathBuf>,
     /// Static clients.
     pub clients: Vec<ClientConfig>,
+    /// The session bridge, when enabled.
+    pub bridge: Option<BridgeSettings>,
     /// Policy.
     pub policy: PolicyConfig,
     /// Logging.
@@ -681,6 +737,138 @@ fn validate_hydra(hydra: &HydraConfig) -> Result<HydraSettings, ConfigError> {
     })
 }
 
+/// Validated `bridge` settings.
+#[derive(Clone, Debug)]
+pub struct BridgeSettings {
+    /// Its path.
+    pub path: String,
+    /// The bridge client.
+    pub client_id: String,
+    /// Allowed origins, exactly as a browser sends `Origin`.
+    pub allowed_origins: Vec<String>,
+    /// Audiences of the tokens (empty: the client's only audience).
+    pub audience: Vec<String>,
+    /// Scopes of the tokens.
+    pub scope: Vec<String>,
+    /// Tokens or a code.
+    pub response: BridgeResponse,
+}
+
+/// Paths the bridge may not take: they are the token endpoint's, discovery's, or Hydra's admin API.
+const RESERVED_PATHS: [&str; 5] = [
+    "/oauth2/token",
+    "/.well-known/jwks.json",
+    "/.well-known/openid-configuration",
+    "/.well-known/oauth-authorization-server",
+    "/admin",
+];
+
+fn validate_bridge(
+    bridge: &BridgeConfig,
+    clients: &[ClientConfig],
+) -> Result<BridgeSettings, ConfigError> {
+    if !bridge.path.starts_with('/') || bridge.path.contains(['?', '#', ' ']) {
+        return Err(ConfigError::invalid(
+            "bridge.path",
+            "must be an absolute path such as /session/bridge",
+        ));
+    }
+    if RESERVED_PATHS
+        .iter()
+        .any(|reserved| bridge.path == *reserved || bridge.path.starts_with("/admin/"))
+    {
+        return Err(ConfigError::invalid(
+            "bridge.path",
+            format!("{} is reserved", bridge.path),
+        ));
+    }
+    // The browser holds no client credential: the bridge client's policy lives in Iris's config.
+    let client = clients
+        .iter()
+        .find(|c| c.client_id == bridge.client_id)
+        .ok_or_else(|| {
+            ConfigError::invalid(
+                "bridge.client_id",
+                format!("`{}` is not a static client (clients[]); the bridge issues to a client Iris configures", bridge.client_id),
+            )
+        })?;
+    if client.metadata.get("first_party") != Some(&serde_json::Value::Bool(true)) {
+        return Err(ConfigError::invalid(
+            "bridge.client_id",
+            format!(
+                "`{}` is not first-party (metadata.first_party: true)",
+                bridge.client_id
+            ),
+        ));
+    }
+    if !client.grant_types.iter().any(|g| g == TOKEN_EXCHANGE_GRANT) {
+        return Err(ConfigError::invalid(
+            "bridge.client_id",
+            format!(
+                "`{}` lacks the token-exchange grant in grant_types",
+                bridge.client_id
+            ),
+        ));
+    }
+    if bridge.allowed_origins.is_empty() {
+        return Err(ConfigError::invalid(
+            "bridge.allowed_origins",
+            "list the origins of the pages that may call the bridge",
+        ));
+    }
+    for (index, origin) in bridge.allowed_origins.iter().enumerate() {
+        let parsed = url::Url::parse(origin)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"));
+        let canonical = parsed.as_ref().map(|u| u.origin().ascii_serialization());
+        if canonical.as_deref() != Some(origin.as_str()) {
+            return Err(ConfigError::invalid(
+                format!("bridge.allowed_origins[{index}]"),
+                format!(
+                    "`{origin}` is not an origin like https://app.example.com (no path, no trailing slash, no `*` or `null`)"
+                ),
+            ));
+        }
+    }
+    let client_scope: Vec<&str> = client.scope.split(' ').filter(|s| !s.is_empty()).collect();
+    let scope: Vec<String> = bridge
+        .scope
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    if let Some(extra) = scope.iter().find(|s| !client_scope.contains(&s.as_str())) {
+        return Err(ConfigError::invalid(
+            "bridge.scope",
+            format!("{extra} is not in the client's scope"),
+        ));
+    }
+    if let Some(extra) = bridge
+        .audience
+        .iter()
+        .find(|a| !client.audience.contains(a))
+    {
+        return Err(ConfigError::invalid(
+            "bridge.audience",
+            format!("{extra} is not in the client's audience"),
+        ));
+    }
+    if bridge.audience.is_empty() && client.audience.len() != 1 {
+        return Err(ConfigError::invalid(
+            "bridge.audience",
+            "name the audience: the client has several",
+        ));
+    }
+    Ok(BridgeSettings {
+        path: bridge.path.clone(),
+        client_id: bridge.client_id.clone(),
+        allowed_origins: bridge.allowed_origins.clone(),
+        audience: bridge.audience.clone(),
+        scope,
+        response: bridge.response,
+    })
+}
+
 /// The algorithms a `private_key_jwt` client may use: asymmetric only, never `none` or HMAC.
 pub const CLIENT_ASSERTION_ALGS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
@@ -747,7 +935,13 @@ impl RawConfig {
                 ));
             }
         }
+        let bridge = self
+            .bridge
+            .enabled
+            .then(|| validate_bridge(&self.bridge, &self.clients))
+            .transpose()?;
         Ok(Settings {
+            bridge,
             public: self.serve.public.clone(),
             admin: self.serve.admin.clone(),
             issuer: self.issuer.clone(),

@@ -7,12 +7,12 @@ use std::time::SystemTime;
 use percent_encoding::percent_decode;
 use serde::Serialize;
 
-use crate::clients::{self, AuthError, Authenticator, PresentedCredentials};
+use crate::clients::{self, AuthError, Authenticator, Client, PresentedCredentials};
 use crate::config::TOKEN_EXCHANGE_GRANT;
 use crate::hydra::{ForwardError, ForwardedCredentials, Hydra, HydraError, JwtBearerRequest};
 use crate::keys::KeySet;
-use crate::kratos::{SessionError, SessionResolver, SubjectToken};
-use crate::policy::{self, Policy, PolicyError};
+use crate::kratos::{Session, SessionError, SessionResolver, SubjectToken};
+use crate::policy::{self, Grant, Policy, PolicyError};
 use crate::secret::Secret;
 use crate::tokens::{Issuance, MintError, Minter, RequestedTokenType, ReshapeError};
 
@@ -294,6 +294,12 @@ pub enum ExchangeError {
     /// Forward mode: Hydra's token cannot be returned as asked.
     #[error(transparent)]
     Reshape(#[from] ReshapeError),
+    /// The session bridge: no Kratos session cookie came with the request.
+    #[error("no Kratos session cookie came with the request")]
+    NoSessionCookie,
+    /// The session bridge's one-time code could not be issued or redeemed.
+    #[error(transparent)]
+    Code(#[from] crate::bridge::CodeError),
     /// Iris's issuer and token endpoint come from Hydra's discovery, which is unavailable.
     #[error(transparent)]
     Hydra(#[from] HydraError),
@@ -405,14 +411,7 @@ impl Exchanger {
             .await
             .map_err(client_error)?;
         audit.client_id = Some(client.id.clone());
-
-        let grant = policy::authorize(&client, &request, &self.policy)?;
-        audit.audience = grant.audience.clone();
-        audit.scope = grant.scope.clone();
-
-        let session = self.sessions.resolve(&request.subject_token).await?;
-        audit.subject = Some(session.identity_id.clone());
-        policy::admit_session(&session, &self.policy, SystemTime::now())?;
+        let (grant, session) = self.admit(&client, &request, audit).await?;
 
         let issuance = Issuance {
             issuer: &endpoints.issuer,
@@ -455,6 +454,24 @@ impl Exchanger {
                     .around_forwarded(&issuance, forwarded, requested)?)
             }
         }
+    }
+}
+
+impl Exchanger {
+    /// Steps 5–8 for a known client: what it is granted, and the session, admitted by policy.
+    pub async fn admit(
+        &self,
+        client: &Client,
+        request: &ExchangeRequest,
+        audit: &mut AuditRecord,
+    ) -> Result<(Grant, Session), ExchangeError> {
+        let grant = policy::authorize(client, request, &self.policy)?;
+        audit.audience = grant.audience.clone();
+        audit.scope = grant.scope.clone();
+        let session = self.sessions.resolve(&request.subject_token).await?;
+        audit.subject = Some(session.identity_id.clone());
+        policy::admit_session(&session, &self.policy, SystemTime::now())?;
+        Ok((grant, session))
     }
 }
 

@@ -13,13 +13,29 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
-use crate::exchange::{self, AuditRecord, ExchangeError, ExchangeInput, Form, FormError};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::header::{
+    ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN,
+};
+
+use crate::bridge::{self, Bridge, Refusal};
+use crate::clients::{AuthError, Client};
+use crate::config::BridgeResponse;
+use crate::exchange::{self, AuditRecord, Endpoints, ExchangeError, ExchangeInput, Form};
 use crate::hydra;
+use crate::kratos::Session;
 use crate::oauth::{ErrorCode, OAuthError};
+use crate::policy::Grant;
 use crate::proxy::ForwardBody;
 use crate::server::{App, Front, ResponseBody, limits};
+use crate::tokens::{Issuance, RequestedTokenType};
 
 const JSON: &str = "application/json";
+const X_REQUESTED_WITH: http::header::HeaderName =
+    http::header::HeaderName::from_static("x-requested-with");
 
 /// Routes a request on the public listener and logs one line for it.
 pub async fn public(
@@ -39,6 +55,16 @@ pub async fn public(
         "/.well-known/jwks.json" if read => jwks(app).await,
         "/.well-known/openid-configuration" | "/.well-known/oauth-authorization-server" if read => {
             discovery(app, &path).await
+        }
+        _ if app
+            .bridge
+            .as_ref()
+            .is_some_and(|b| b.settings().path == path) =>
+        {
+            match &app.bridge {
+                Some(bridge) => session_bridge(app, bridge, request).await,
+                None => not_found(),
+            }
         }
         _ => match &app.front {
             Front::Standalone { .. } if path.starts_with("/.well-known/") => method_not_allowed(),
@@ -144,12 +170,30 @@ async fn token(app: &App, request: Request<Incoming>, peer: SocketAddr) -> Respo
     let (parts, body) = request.into_parts();
     let result = match read_form(app, &parts, body, is_form_post).await {
         Err(error) => Err(error),
-        Ok((bytes, form)) => match route_grant(&form, fronting_hydra) {
+        Ok((bytes, form)) => match route_grant(app, &form, fronting_hydra) {
             Err(error) => Err(error),
-            Ok(false) => return forward_token_request(app, parts, bytes, peer).await,
-            Ok(true) => run_exchange(app, &parts, &form, &mut audit).await,
+            Ok(Route::Hydra) => return forward_token_request(app, parts, bytes, peer).await,
+            Ok(Route::Exchange) => run_exchange(app, &parts, &form, &mut audit).await,
+            Ok(Route::BridgeCode) => {
+                let result = redeem_bridge_code(app, &form, &mut audit).await;
+                let origin = header(&parts, ORIGIN);
+                let allowed = app.bridge.as_ref().and_then(|b| b.allowed_origin(origin));
+                let mut response = finish(result, &audit, started);
+                // The page redeems its own code: let it read the answer (a simple request, no preflight).
+                cors(&mut response, allowed);
+                return response;
+            }
         },
     };
+    finish(result, &audit, started)
+}
+
+/// The token-endpoint answer for an outcome Iris decided, and its audit line.
+fn finish(
+    result: Result<exchange::TokenResponse, ExchangeError>,
+    audit: &AuditRecord,
+    started: Instant,
+) -> Response<ResponseBody> {
     let outcome = result.as_ref().err().map(ToString::to_string);
     let response = match result {
         Ok(body) => token_response(
@@ -218,23 +262,256 @@ async fn read_form(
     Ok((bytes, form))
 }
 
-/// `Ok(true)` for a token exchange, `Ok(false)` for a grant Hydra answers (P-1: one parsed form
-/// decides; an ambiguous `grant_type` is refused rather than guessed).
-fn route_grant(form: &Form, fronting_hydra: bool) -> Result<bool, ExchangeError> {
-    let grant_type = match exchange::grant_type(form) {
-        Ok(grant_type) => grant_type,
-        Err(FormError::Repeated(name)) => return Err(FormError::Repeated(name).into()),
-        Err(other) => return Err(other.into()),
-    };
-    match grant_type {
-        Some(grant) if exchange::is_token_exchange(grant) => Ok(true),
+/// Who answers a token-endpoint form.
+enum Route {
+    /// Iris: a token exchange.
+    Exchange,
+    /// Iris: `authorization_code` with a code the session bridge issued.
+    BridgeCode,
+    /// Hydra: every other grant, byte for byte.
+    Hydra,
+}
+
+/// One parsed form decides (P-1); an ambiguous `grant_type` is refused rather than guessed.
+fn route_grant(app: &App, form: &Form, fronting_hydra: bool) -> Result<Route, ExchangeError> {
+    match exchange::grant_type(form)? {
+        Some(grant) if exchange::is_token_exchange(grant) => Ok(Route::Exchange),
         Some(grant) if grant.split(' ').any(exchange::is_token_exchange) => {
             Err(ExchangeError::AmbiguousGrant)
         }
-        _ if fronting_hydra => Ok(false),
+        // Only codes Iris issued are Iris's; Hydra's authorization codes pass through.
+        Some("authorization_code")
+            if app.bridge.is_some()
+                && form
+                    .single("code")?
+                    .is_some_and(|c| c.starts_with(bridge::CODE_PREFIX)) =>
+        {
+            Ok(Route::BridgeCode)
+        }
+        _ if fronting_hydra => Ok(Route::Hydra),
         Some(grant) => Err(ExchangeError::UnsupportedGrant(grant.to_owned())),
         None => Err(ExchangeError::MissingGrant),
     }
+}
+
+/// `grant_type=authorization_code` with a bridge code: PKCE proves the page that asked for it.
+async fn redeem_bridge_code(
+    app: &App,
+    form: &Form,
+    audit: &mut AuditRecord,
+) -> Result<exchange::TokenResponse, ExchangeError> {
+    let bridge = app.bridge.as_ref().ok_or(ExchangeError::MissingGrant)?;
+    for name in ["code", "code_verifier", "client_id", "redirect_uri"] {
+        form.single(name)?;
+    }
+    let code = form.single("code")?.unwrap_or_default();
+    let client_id = form.single("client_id")?;
+    audit.client_id = client_id.map(String::from);
+    let (grant, session) = bridge
+        .redeem(code, form.single("code_verifier")?, client_id)
+        .await?;
+    audit.subject = Some(session.identity_id.clone());
+    audit.scope = grant.scope.clone();
+    audit.audience = grant.audience.clone();
+    let client = bridge_client(app, bridge).await?;
+    let endpoints = app.endpoints().await?;
+    bridge_tokens(app, &endpoints, &client, &grant, &session)
+}
+
+/// The bridge client: validated at start to be a static, first-party client.
+async fn bridge_client(app: &App, bridge: &Bridge) -> Result<Arc<Client>, ExchangeError> {
+    app.exchanger
+        .authenticator
+        .client(&bridge.settings().client_id)
+        .await
+        .map_err(|error| ExchangeError::Client {
+            error,
+            used_authorization_header: false,
+        })?
+        .ok_or(ExchangeError::Client {
+            error: AuthError::Failed,
+            used_authorization_header: false,
+        })
+}
+
+/// Tokens for the bridge client. Iris signs them in both modes: the browser holds no client
+/// credential Hydra could check for a jwt-bearer grant.
+fn bridge_tokens(
+    app: &App,
+    endpoints: &Endpoints,
+    client: &Client,
+    grant: &Grant,
+    session: &Session,
+) -> Result<exchange::TokenResponse, ExchangeError> {
+    let issuance = Issuance {
+        issuer: &endpoints.issuer,
+        client,
+        grant,
+        session,
+        now: SystemTime::now(),
+    };
+    Ok(app
+        .exchanger
+        .minter
+        .mint(&issuance, RequestedTokenType::AccessToken)?)
+}
+
+/// `POST {bridge.path}` and its CORS preflight (DESIGN.md §6).
+async fn session_bridge(
+    app: &App,
+    bridge: &Bridge,
+    request: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let origin = header(&parts, ORIGIN);
+    let allowed = bridge.allowed_origin(origin);
+    if parts.method == Method::OPTIONS {
+        let asks_for_post = header(&parts, ACCESS_CONTROL_REQUEST_METHOD) == Some("POST");
+        let mut response = match allowed {
+            Some(_) if asks_for_post => {
+                let mut response = empty(StatusCode::NO_CONTENT);
+                let headers = response.headers_mut();
+                headers.insert(
+                    ACCESS_CONTROL_ALLOW_METHODS,
+                    HeaderValue::from_static("POST"),
+                );
+                headers.insert(
+                    ACCESS_CONTROL_ALLOW_HEADERS,
+                    HeaderValue::from_static("X-Requested-With, Content-Type"),
+                );
+                headers.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+                response
+            }
+            // A preflight from anywhere else gets no CORS headers: the browser stops there.
+            _ => return bridge_refusal(&Refusal::OriginNotAllowed, None),
+        };
+        cors(&mut response, allowed);
+        return response;
+    }
+    if parts.method != Method::POST {
+        return method_not_allowed();
+    }
+    if let Err(refusal) = bridge.check(origin, header(&parts, X_REQUESTED_WITH)) {
+        tracing::info!(target: "iris::audit", client_id = %bridge.settings().client_id, outcome = "refused", reason = %refusal, "session bridge");
+        return bridge_refusal(&refusal, allowed);
+    }
+    let mut audit = AuditRecord {
+        client_id: Some(bridge.settings().client_id.clone()),
+        ..Default::default()
+    };
+    let result = bridge_exchange(app, bridge, &parts, body, &mut audit).await;
+    let mut response = match result {
+        Ok(BridgeAnswer::Tokens(tokens)) => finish(Ok(tokens), &audit, started),
+        Ok(BridgeAnswer::Code(code)) => {
+            let body = serde_json::json!({"code": code, "expires_in": bridge::CODE_TTL.as_secs()});
+            token_response(StatusCode::OK, Bytes::from(body.to_string()), None)
+        }
+        Err(error) => finish(Err(error), &audit, started),
+    };
+    cors(&mut response, allowed);
+    response
+}
+
+/// What the bridge answers with.
+enum BridgeAnswer {
+    Tokens(exchange::TokenResponse),
+    Code(String),
+}
+
+async fn bridge_exchange(
+    app: &App,
+    bridge: &Bridge,
+    parts: &http::request::Parts,
+    body: Incoming,
+    audit: &mut AuditRecord,
+) -> Result<BridgeAnswer, ExchangeError> {
+    let cookie =
+        session_cookie(parts, &app.session_cookie).ok_or(ExchangeError::NoSessionCookie)?;
+    let client = bridge_client(app, bridge).await?;
+    // The code flow needs the page's PKCE challenge from the body; read it before Kratos is asked.
+    let challenge = match bridge.settings().response {
+        BridgeResponse::Token => None,
+        BridgeResponse::Code => {
+            let is_form_post = is_form(parts.headers.get(CONTENT_TYPE));
+            Some(read_form(app, parts, body, is_form_post).await?.1)
+        }
+    };
+    let request = bridge.request(cookie);
+    let (grant, session) = app.exchanger.admit(&client, &request, audit).await?;
+    match challenge {
+        None => {
+            let endpoints = app.endpoints().await?;
+            Ok(BridgeAnswer::Tokens(bridge_tokens(
+                app, &endpoints, &client, &grant, &session,
+            )?))
+        }
+        Some(form) => {
+            let code = bridge
+                .issue_code(
+                    form.single("code_challenge")?,
+                    form.single("code_challenge_method")?,
+                    grant,
+                    session,
+                )
+                .await?;
+            Ok(BridgeAnswer::Code(code))
+        }
+    }
+}
+
+/// The value of the Kratos session cookie in the browser's `Cookie` header(s).
+fn session_cookie<'a>(parts: &'a http::request::Parts, name: &str) -> Option<&'a str> {
+    parts
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_empty())
+}
+
+/// 403 `access_denied` (DESIGN.md §8); CORS headers only for an allowed origin, so that its
+/// page can read why.
+fn bridge_refusal(refusal: &Refusal, allowed: Option<&str>) -> Response<ResponseBody> {
+    let mut response = oauth_error_response(OAuthError::new(
+        403,
+        ErrorCode::AccessDenied,
+        refusal.to_string(),
+    ));
+    cors(&mut response, allowed);
+    response
+}
+
+/// `Access-Control-Allow-Origin` (the request's origin, never `*`) with credentials, when the
+/// origin is allowed; `Vary: Origin` always, since the answer depends on it.
+fn cors(response: &mut Response<ResponseBody>, allowed: Option<&str>) {
+    let headers = response.headers_mut();
+    headers.append(http::header::VARY, HeaderValue::from_static("Origin"));
+    if let Some(origin) = allowed.and_then(|o| HeaderValue::from_str(o).ok()) {
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(
+            ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
+}
+
+fn header(parts: &http::request::Parts, name: http::header::HeaderName) -> Option<&str> {
+    parts.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn empty(status: StatusCode) -> Response<ResponseBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response
 }
 
 async fn run_exchange(

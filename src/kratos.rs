@@ -7,10 +7,10 @@ use reqwest::header::{COOKIE, HeaderValue, RETRY_AFTER};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use crate::clients::BoxFuture;
 use crate::config::KratosSettings;
 use crate::exchange::SubjectTokenKind;
 use crate::secret::Secret;
+use crate::store::BoxFuture;
 
 /// A session credential as the client presented it.
 #[derive(Debug, Clone)]
@@ -22,7 +22,7 @@ pub struct SubjectToken {
 }
 
 /// What Iris needs of a Kratos session.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
 pub struct Session {
     /// The Kratos session id (`sid`).
     pub id: String,

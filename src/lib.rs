@@ -10,8 +10,10 @@
 //!   JWKS and runs forward mode's jwt-bearer grant; [`proxy`] passes everything else to Hydra.
 //! - [`keys`] and [`tokens`] handle signing keys, the JWKS, and minting access and ID tokens.
 //! - [`oauth`] is the one place where errors become RFC 6749 responses.
+//! - [`bridge`] is the session bridge for first-party SPAs; [`store`] keeps one-time values.
 //! - [`telemetry`] sets up logging.
 
+pub mod bridge;
 pub mod cli;
 pub mod clients;
 pub mod config;
@@ -25,6 +27,7 @@ pub mod policy;
 pub mod proxy;
 pub mod secret;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 pub mod tokens;
 

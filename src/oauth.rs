@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use crate::bridge::CodeError;
 use crate::clients::AuthError;
 use crate::exchange::{ExchangeError, RequestError};
 use crate::hydra::ForwardError;
@@ -26,6 +27,8 @@ pub enum ErrorCode {
     InvalidTarget,
     /// Hydra's token hook refused the token (relayed).
     AccessDenied,
+    /// A bridge code that is unknown, used, expired or for another client or verifier.
+    InvalidGrant,
     /// Kratos (or another upstream) is unavailable.
     TemporarilyUnavailable,
     /// Iris itself failed.
@@ -91,6 +94,7 @@ impl ErrorCode {
             ErrorCode::InvalidScope => "invalid_scope",
             ErrorCode::InvalidTarget => "invalid_target",
             ErrorCode::AccessDenied => "access_denied",
+            ErrorCode::InvalidGrant => "invalid_grant",
             ErrorCode::TemporarilyUnavailable => "temporarily_unavailable",
             ErrorCode::ServerError => "server_error",
         }
@@ -193,6 +197,14 @@ impl From<ExchangeError> for OAuthError {
                 | SessionError::SecondFactorRequired => {
                     OAuthError::new(400, InvalidRequest, message)
                 }
+            },
+            ExchangeError::NoSessionCookie => OAuthError::new(400, InvalidRequest, message),
+            ExchangeError::Code(code) => match code {
+                CodeError::Challenge | CodeError::Verifier => {
+                    OAuthError::new(400, InvalidRequest, message)
+                }
+                CodeError::Invalid => OAuthError::new(400, InvalidGrant, message),
+                CodeError::Store(_) => unavailable("the code store is unavailable; retry later"),
             },
             ExchangeError::Hydra(_) => unavailable("Hydra is temporarily unavailable; retry later"),
             ExchangeError::Reshape(crate::tokens::ReshapeError::NotAJwt) => {

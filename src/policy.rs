@@ -12,7 +12,7 @@ use crate::tokens::RequestedTokenType;
 pub type Policy = PolicyConfig;
 
 /// What the client is granted: the scope and the audiences of the tokens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Grant {
     /// Granted scopes (the requested ones; none requested means none granted).
     pub scope: Vec<String>,

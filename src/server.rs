@@ -17,7 +17,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::clients::{Authenticator, MemoryReplayStore, Verification};
+use crate::bridge::Bridge;
+use crate::clients::{Authenticator, Verification};
 use crate::config::{CLIENT_ASSERTION_ALGS, IssueMode, Settings, TOKEN_EXCHANGE_GRANT};
 use crate::exchange::{Endpoints, Exchanger, Issuer, SubjectTokenTypes};
 use crate::handlers;
@@ -25,6 +26,7 @@ use crate::hydra::{Hydra, HydraError};
 use crate::keys::{KeyError, KeySet};
 use crate::kratos::{KratosClient, SessionResolver};
 use crate::proxy::{Proxy, ProxyError};
+use crate::store::{MemoryStore, OneTimeStore};
 use crate::tokens::Minter;
 
 /// The body type of every response: fixed bodies now, streamed ones for pass-through later.
@@ -75,6 +77,10 @@ pub struct App {
     pub max_body_bytes: usize,
     /// Standalone, or in front of Hydra.
     pub front: Front,
+    /// The session bridge, when enabled.
+    pub bridge: Option<Bridge>,
+    /// `kratos.session_cookie`, which the bridge reads from the browser.
+    pub session_cookie: String,
 }
 
 /// What Iris stands in front of.
@@ -121,10 +127,11 @@ impl App {
                  and list it under signing.keys"
             );
         }
+        let store: Arc<dyn OneTimeStore> = Arc::new(MemoryStore::default());
         let mut authenticator = Authenticator::new(
             &settings.clients,
             settings.allow_plaintext_secrets,
-            Arc::new(MemoryReplayStore::default()),
+            store.clone(),
         )?;
         let (front, issuer) = match &settings.hydra {
             None => (standalone(settings, public_addr, &keys), Issuer::Synthesize),
@@ -164,6 +171,11 @@ impl App {
             keys,
             max_body_bytes: settings.public.max_body_bytes,
             front,
+            bridge: settings
+                .bridge
+                .clone()
+                .map(|bridge| Bridge::new(bridge, store)),
+            session_cookie: settings.kratos.session_cookie.clone(),
         })
     }
 
