@@ -11,5 +11,6 @@ mod hostile;
 mod hydra_front;
 mod hydra_standin;
 mod kratos_mapping;
+mod modes;
 mod policy;
 mod tokens;
