@@ -4,7 +4,7 @@
 //! and an `Origin` in `bridge.allowed_origins`, exactly.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -22,9 +22,6 @@ use crate::tokens::RequestedTokenType;
 
 /// Codes Iris issues start with this, so the token endpoint tells them from Hydra's.
 pub const CODE_PREFIX: &str = "iris_bc_";
-
-/// How long a code may wait to be redeemed.
-pub const CODE_TTL: Duration = Duration::from_secs(60);
 
 /// Why a bridge request is refused before anything else happens (403 `access_denied`).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -148,7 +145,11 @@ impl Bridge {
         let value = serde_json::to_vec(&pending).map_err(|e| CodeError::Store(e.to_string()))?;
         let stored = self
             .codes
-            .insert_new(&store_key(&code), value, SystemTime::now() + CODE_TTL)
+            .insert_new(
+                &store_key(&code),
+                value,
+                SystemTime::now() + self.settings.code_ttl,
+            )
             .await
             .map_err(CodeError::Store)?;
         if !stored {
@@ -203,6 +204,8 @@ fn is_verifier(verifier: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::config::BridgeResponse;
     use crate::store::MemoryStore;
@@ -216,6 +219,7 @@ mod tests {
                 audience: vec![],
                 scope: vec![],
                 response: BridgeResponse::Code,
+                code_ttl: Duration::from_secs(60),
             },
             Arc::new(MemoryStore::default()),
         )

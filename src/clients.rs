@@ -503,6 +503,7 @@ fn method_name(method: AuthMethod) -> &'static str {
         AuthMethod::ClientSecretBasic => "client_secret_basic",
         AuthMethod::ClientSecretPost => "client_secret_post",
         AuthMethod::PrivateKeyJwt => "private_key_jwt",
+        AuthMethod::None => "none",
     }
 }
 
@@ -542,6 +543,7 @@ fn build_client(
         reason,
     };
     let credential = match entry.token_endpoint_auth_method {
+        AuthMethod::None => Credential::Public,
         method @ (AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost) => {
             let verifier = match config::secret_config(entry, allow_plaintext)
                 .map_err(|(f, r)| invalid(f, r))?

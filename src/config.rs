@@ -61,6 +61,7 @@ pub const ENV_KEYS: &[&str] = &[
     "bridge.audience",
     "bridge.scope",
     "bridge.response",
+    "bridge.code_ttl",
     "policy.require_first_party",
     "policy.required_aal",
     "log.level",
@@ -362,6 +363,9 @@ pub enum AuthMethod {
     ClientSecretPost,
     /// An RFC 7523 client assertion signed with a key from the client's `jwks`.
     PrivateKeyJwt,
+    /// A public client (a browser app): it cannot authenticate at the token endpoint, and so
+    /// never exchanges tokens itself; it can be the session bridge's client.
+    None,
 }
 
 /// One entry of `clients`, shaped like a Hydra client record.
@@ -440,6 +444,8 @@ pub struct BridgeConfig {
     pub scope: String,
     /// Tokens, or a one-time code.
     pub response: BridgeResponse,
+    /// How long a code may wait to be redeemed.
+    pub code_ttl: GoDuration,
 }
 
 impl Default for BridgeConfig {
@@ -452,6 +458,7 @@ impl Default for BridgeConfig {
             audience: Vec::new(),
             scope: String::new(),
             response: BridgeResponse::Token,
+            code_ttl: GoDuration(Duration::from_secs(60)),
         }
     }
 }
@@ -752,6 +759,8 @@ pub struct BridgeSettings {
     pub scope: Vec<String>,
     /// Tokens or a code.
     pub response: BridgeResponse,
+    /// Lifetime of a code.
+    pub code_ttl: Duration,
 }
 
 /// Paths the bridge may not take: they are the token endpoint's, discovery's, or Hydra's admin API.
@@ -810,6 +819,13 @@ fn validate_bridge(
             ),
         ));
     }
+    positive("bridge.code_ttl", bridge.code_ttl)?;
+    if bridge.code_ttl.0 > Duration::from_secs(600) {
+        return Err(ConfigError::invalid(
+            "bridge.code_ttl",
+            "a one-time code should live a minute, ten at most",
+        ));
+    }
     if bridge.allowed_origins.is_empty() {
         return Err(ConfigError::invalid(
             "bridge.allowed_origins",
@@ -866,6 +882,7 @@ fn validate_bridge(
         audience: bridge.audience.clone(),
         scope,
         response: bridge.response,
+        code_ttl: bridge.code_ttl.0,
     })
 }
 
@@ -1000,6 +1017,17 @@ fn validate_client(
         return Err(ConfigError::invalid(key("client_id"), "must not be empty"));
     }
     match client.token_endpoint_auth_method {
+        AuthMethod::None => {
+            if client.client_secret.is_some()
+                || client.client_secret_hash.is_some()
+                || client.jwks.is_some()
+            {
+                return Err(ConfigError::invalid(
+                    key("token_endpoint_auth_method"),
+                    "a public client (none) has no secret and no jwks",
+                ));
+            }
+        }
         AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost => {
             secret_config(client, allow_plaintext)
                 .map_err(|(field, reason)| ConfigError::invalid(key(field), reason))?;

@@ -404,7 +404,7 @@ async fn session_bridge(
     let mut response = match result {
         Ok(BridgeAnswer::Tokens(tokens)) => finish(Ok(tokens), &audit, started),
         Ok(BridgeAnswer::Code(code)) => {
-            let body = serde_json::json!({"code": code, "expires_in": bridge::CODE_TTL.as_secs()});
+            let body = serde_json::json!({"code": code, "expires_in": bridge.settings().code_ttl.as_secs()});
             token_response(StatusCode::OK, Bytes::from(body.to_string()), None)
         }
         Err(error) => finish(Err(error), &audit, started),

@@ -3,6 +3,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod bridge;
 mod cli;
 mod client_auth;
 mod exchange_rules;
