@@ -10,6 +10,9 @@ use iris::config::{HydraConfig, IssueMode, TOKEN_EXCHANGE_GRANT};
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
+/// Why, the form, the client authentication, the status and the `error` expected.
+type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Auth<'a>, u16, &'a str);
+
 /// Iris in front of Hydra in `mode`, with the fixture clients; Hydra knows `orders-service`
 /// with the same secret, so forward mode can succeed.
 async fn in_front(mode: IssueMode) -> (Kratos, Hydra, TestIris) {
@@ -42,7 +45,7 @@ async fn every_rule_holds_in_front_of_hydra() {
         let (kratos, hydra, iris) = in_front(mode).await;
         let orders = Auth::Basic("orders-service", ORDERS_SECRET);
         let big = "x".repeat(70 * 1024);
-        let cases: Vec<(&str, Vec<(&str, &str)>, Auth, u16, &str)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "413",
                 exchange_form(ALICE_TOKEN, &[("padding", &big)]),
