@@ -15,3 +15,4 @@ mod kratos_mapping;
 mod modes;
 mod policy;
 mod tokens;
+mod browser;
