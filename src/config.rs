@@ -35,6 +35,13 @@ pub const ENV_KEYS: &[&str] = &[
     "serve.public.host",
     "serve.public.port",
     "serve.public.max_body_bytes",
+    "serve.public.header_read_timeout",
+    "serve.public.request_timeout",
+    "serve.public.max_connections",
+    "serve.public.tls.cert_path",
+    "serve.public.tls.key_path",
+    "serve.shutdown_grace",
+    "upstream.ca_path",
     "serve.admin.host",
     "serve.admin.port",
     "issuer",
@@ -148,6 +155,8 @@ pub struct RawConfig {
     pub issuer: Option<String>,
     /// Where sessions are resolved.
     pub kratos: KratosConfig,
+    /// How Iris reaches Kratos and Hydra.
+    pub upstream: UpstreamConfig,
     /// Hydra behind Iris; without it Iris runs standalone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hydra: Option<HydraConfig>,
@@ -173,8 +182,10 @@ pub struct RawConfig {
 pub struct ServeConfig {
     /// What clients and gateways call.
     pub public: PublicListenerConfig,
-    /// Health (and later metrics).
+    /// Health and metrics.
     pub admin: ListenerConfig,
+    /// After SIGTERM or SIGINT, how long in-flight requests may take to finish.
+    pub shutdown_grace: GoDuration,
 }
 
 impl Default for ServeConfig {
@@ -185,6 +196,7 @@ impl Default for ServeConfig {
                 host: "127.0.0.1".into(),
                 port: 4481,
             },
+            shutdown_grace: GoDuration(Duration::from_secs(30)),
         }
     }
 }
@@ -199,6 +211,15 @@ pub struct PublicListenerConfig {
     pub port: u16,
     /// The largest `/oauth2/token` body Iris reads; larger ones get 413.
     pub max_body_bytes: usize,
+    /// A client has this long to send its request headers; a slower connection is closed.
+    pub header_read_timeout: GoDuration,
+    /// The longest a request may take, upstream calls included.
+    pub request_timeout: GoDuration,
+    /// Open connections at most; further clients wait to be accepted.
+    pub max_connections: usize,
+    /// TLS for the public listener (rustls); without it the listener speaks plain HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for PublicListenerConfig {
@@ -207,8 +228,31 @@ impl Default for PublicListenerConfig {
             host: "127.0.0.1".into(),
             port: 4480,
             max_body_bytes: 64 * 1024,
+            header_read_timeout: GoDuration(Duration::from_secs(10)),
+            request_timeout: GoDuration(Duration::from_secs(30)),
+            max_connections: 10_000,
+            tls: None,
         }
     }
+}
+
+/// `serve.public.tls`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_path: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: PathBuf,
+}
+
+/// `upstream`: how Iris reaches Kratos and Hydra.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// A PEM file of extra CA certificates trusted for https Kratos and Hydra URLs (a private CA).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_path: Option<PathBuf>,
 }
 
 /// `serve.admin`.
@@ -646,6 +690,10 @@ pub struct Settings {
     pub public: PublicListenerConfig,
     /// The admin listener.
     pub admin: ListenerConfig,
+    /// Grace period for in-flight requests at shutdown.
+    pub shutdown_grace: Duration,
+    /// Extra CA certificates for calls to Kratos and Hydra.
+    pub upstream_ca_path: Option<PathBuf>,
     /// Configured issuer, if any (otherwise derived from the bound public address).
     pub issuer: Option<String>,
     /// Kratos.
@@ -921,6 +969,41 @@ impl RawConfig {
             ));
         }
         positive("kratos.timeout", self.kratos.timeout)?;
+        positive(
+            "serve.public.header_read_timeout",
+            self.serve.public.header_read_timeout,
+        )?;
+        positive(
+            "serve.public.request_timeout",
+            self.serve.public.request_timeout,
+        )?;
+        if self.serve.public.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "serve.public.max_connections",
+                "must be greater than 0",
+            ));
+        }
+        if let Some(tls) = &self.serve.public.tls {
+            for (key, path) in [
+                ("serve.public.tls.cert_path", &tls.cert_path),
+                ("serve.public.tls.key_path", &tls.key_path),
+            ] {
+                if !path.is_file() {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("{} is not a readable file", path.display()),
+                    ));
+                }
+            }
+        }
+        if let Some(ca) = &self.upstream.ca_path {
+            if !ca.is_file() {
+                return Err(ConfigError::invalid(
+                    "upstream.ca_path",
+                    format!("{} is not a readable file", ca.display()),
+                ));
+            }
+        }
         positive("tokens.access_token_ttl", self.tokens.access_token_ttl)?;
         positive("tokens.id_token_ttl", self.tokens.id_token_ttl)?;
         let token_types: HashSet<&String> = self.kratos.session_token_types.iter().collect();
@@ -961,6 +1044,8 @@ impl RawConfig {
             bridge,
             public: self.serve.public.clone(),
             admin: self.serve.admin.clone(),
+            shutdown_grace: self.serve.shutdown_grace.0,
+            upstream_ca_path: self.upstream.ca_path.clone(),
             issuer: self.issuer.clone(),
             kratos: KratosSettings {
                 public_url,
@@ -1176,6 +1261,10 @@ mod tests {
         collect_leaves(&hydra, String::new(), &mut leaves);
         leaves.retain(|k| k != "hydra.trust.issuer");
         leaves.push("hydra.trust.issuer".into());
+        // Optional sections absent by default.
+        let tls = serde_json::json!({"serve": {"public": {"tls": TlsConfig::default()}}});
+        collect_leaves(&tls, String::new(), &mut leaves);
+        leaves.push("upstream.ca_path".into());
         let mut expected: Vec<&str> = ENV_KEYS.to_vec();
         expected.sort_unstable();
         leaves.sort_unstable();

@@ -31,49 +31,116 @@ use crate::oauth::{ErrorCode, OAuthError};
 use crate::policy::Grant;
 use crate::proxy::ForwardBody;
 use crate::server::{App, Front, ResponseBody, limits};
+use crate::telemetry::{self, RequestContext};
 use crate::tokens::{Issuance, RequestedTokenType};
 
 const JSON: &str = "application/json";
+const X_REQUEST_ID: http::header::HeaderName =
+    http::header::HeaderName::from_static("x-request-id");
 const X_REQUESTED_WITH: http::header::HeaderName =
     http::header::HeaderName::from_static("x-requested-with");
 
-/// Routes a request on the public listener and logs one line for it.
+/// Routes a request on the public listener, within `serve.public.request_timeout`, and logs
+/// one line for it. Every answer carries the request's `X-Request-Id`.
 pub async fn public(
     app: &App,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     let method = request.method().clone();
     // The path only: a query string can carry credentials.
     let path = request.uri().path().to_owned();
+    let context = RequestContext {
+        request_id: telemetry::request_id(
+            request
+                .headers()
+                .get(X_REQUEST_ID)
+                .and_then(|v| v.to_str().ok()),
+        ),
+        traceparent: request
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from),
+    };
+    let request_id = context.request_id.clone();
+    // Hydra sees the same id as the logs, whether the caller sent it or Iris made it.
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        request.headers_mut().insert(X_REQUEST_ID, value);
+    }
+    let route = route_of(app, &method, &path);
+    let routed = telemetry::in_request(
+        context,
+        tokio::time::timeout(app.request_timeout, dispatch(app, route, request, peer)),
+    );
+    let mut response = match routed.await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(path, "request timed out (serve.public.request_timeout)");
+            if route == "token" || route == "bridge" {
+                token_unavailable("the request took too long; retry later")
+            } else {
+                ory_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "The upstream server (Hydra) did not answer in time",
+                )
+            }
+        }
+    };
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(X_REQUEST_ID, value);
+    }
+    app.metrics
+        .request(route, response.status().as_u16(), started.elapsed());
+    log_request(&method, &path, response.status(), started, &request_id);
+    response
+}
+
+/// The fixed name of a route, for routing and metric labels.
+fn route_of(app: &App, method: &Method, path: &str) -> &'static str {
     let read = method == Method::GET || method == Method::HEAD;
-    let response = match path.as_str() {
+    match path {
         // Hydra's admin API is never reachable through the public port.
-        _ if path == "/admin" || path.starts_with("/admin/") => not_found(),
-        "/oauth2/token" => token(app, request, peer).await,
-        "/.well-known/jwks.json" if read => jwks(app).await,
+        _ if path == "/admin" || path.starts_with("/admin/") => "admin_refused",
+        "/oauth2/token" => "token",
+        "/.well-known/jwks.json" if read => "jwks",
         "/.well-known/openid-configuration" | "/.well-known/oauth-authorization-server" if read => {
-            discovery(app, &path).await
+            "discovery"
         }
         _ if app
             .bridge
             .as_ref()
             .is_some_and(|b| b.settings().path == path) =>
         {
-            match &app.bridge {
-                Some(bridge) => session_bridge(app, bridge, request).await,
-                None => not_found(),
-            }
+            "bridge"
         }
         _ => match &app.front {
-            Front::Standalone { .. } if path.starts_with("/.well-known/") => method_not_allowed(),
-            Front::Standalone { .. } => not_found(),
-            Front::Hydra { .. } => pass_through(app, request, peer).await,
+            Front::Standalone { .. } if path.starts_with("/.well-known/") => "method_not_allowed",
+            Front::Standalone { .. } => "not_found",
+            Front::Hydra { .. } => "pass_through",
         },
-    };
-    log_request(&method, &path, response.status(), started);
-    response
+    }
+}
+
+async fn dispatch(
+    app: &App,
+    route: &'static str,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ResponseBody> {
+    match (route, &app.bridge) {
+        ("token", _) => token(app, request, peer).await,
+        ("jwks", _) => jwks(app).await,
+        ("discovery", _) => {
+            let path = request.uri().path().to_owned();
+            discovery(app, &path).await
+        }
+        ("bridge", Some(bridge)) => session_bridge(app, bridge, request).await,
+        ("pass_through", _) => pass_through(app, request, peer).await,
+        ("method_not_allowed", _) => method_not_allowed(),
+        _ => not_found(),
+    }
 }
 
 /// Routes a request on the admin listener.
@@ -86,9 +153,19 @@ pub async fn admin(app: &App, request: Request<Incoming>) -> Response<ResponseBo
             json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#))
         }
         (Method::GET | Method::HEAD, "/health/ready") => ready(app).await,
+        (Method::GET, "/metrics/prometheus") => {
+            let mut response = json_response(StatusCode::OK, Bytes::from(app.metrics.encode()));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
         _ => not_found(),
     };
-    log_request(&method, &path, response.status(), started);
+    log_request(&method, &path, response.status(), started, "-");
     response
 }
 
@@ -110,9 +187,16 @@ async fn ready(app: &App) -> Response<ResponseBody> {
     )
 }
 
-fn log_request(method: &Method, path: &str, status: StatusCode, started: Instant) {
+fn log_request(
+    method: &Method,
+    path: &str,
+    status: StatusCode,
+    started: Instant,
+    request_id: &str,
+) {
     tracing::info!(
         target: "iris::request",
+        request_id,
         method = %method,
         path,
         status = status.as_u16(),
@@ -178,18 +262,19 @@ async fn token(app: &App, request: Request<Incoming>, peer: SocketAddr) -> Respo
                 let result = redeem_bridge_code(app, &form, &mut audit).await;
                 let origin = header(&parts, ORIGIN);
                 let allowed = app.bridge.as_ref().and_then(|b| b.allowed_origin(origin));
-                let mut response = finish(result, &audit, started);
+                let mut response = finish(app, result, &audit, started);
                 // The page redeems its own code: let it read the answer (a simple request, no preflight).
                 cors(&mut response, allowed);
                 return response;
             }
         },
     };
-    finish(result, &audit, started)
+    finish(app, result, &audit, started)
 }
 
 /// The token-endpoint answer for an outcome Iris decided, and its audit line.
 fn finish(
+    app: &App,
     result: Result<exchange::TokenResponse, ExchangeError>,
     audit: &AuditRecord,
     started: Instant,
@@ -213,8 +298,16 @@ fn finish(
         }
     };
     let error_code = (response.status() != StatusCode::OK).then(|| response_error_code(&response));
+    app.metrics.exchange(
+        audit.client_id.as_deref(),
+        error_code.flatten().unwrap_or("issued"),
+    );
+    let request_id = telemetry::current_request()
+        .map(|c| c.request_id)
+        .unwrap_or_default();
     tracing::info!(
         target: "iris::audit",
+        request_id,
         client_id = audit.client_id.as_deref().unwrap_or("-"),
         subject = audit.subject.as_deref().unwrap_or("-"),
         audience = %audit.audience.join(" "),
@@ -306,10 +399,11 @@ async fn redeem_bridge_code(
     }
     let code = form.single("code")?.unwrap_or_default();
     let client_id = form.single("client_id")?;
-    audit.client_id = client_id.map(String::from);
     let (grant, session) = bridge
         .redeem(code, form.single("code_verifier")?, client_id)
         .await?;
+    // Only a redeemed code names a client: metric labels never come from raw input.
+    audit.client_id = client_id.map(String::from);
     audit.subject = Some(session.identity_id.clone());
     audit.scope = grant.scope.clone();
     audit.audience = grant.audience.clone();
@@ -402,12 +496,12 @@ async fn session_bridge(
     };
     let result = bridge_exchange(app, bridge, &parts, body, &mut audit).await;
     let mut response = match result {
-        Ok(BridgeAnswer::Tokens(tokens)) => finish(Ok(tokens), &audit, started),
+        Ok(BridgeAnswer::Tokens(tokens)) => finish(app, Ok(tokens), &audit, started),
         Ok(BridgeAnswer::Code(code)) => {
             let body = serde_json::json!({"code": code, "expires_in": bridge.settings().code_ttl.as_secs()});
             token_response(StatusCode::OK, Bytes::from(body.to_string()), None)
         }
-        Err(error) => finish(Err(error), &audit, started),
+        Err(error) => finish(app, Err(error), &audit, started),
     };
     cors(&mut response, allowed);
     response
@@ -555,7 +649,7 @@ async fn forward_token_request(
         Ok(response) => response,
         Err(error) => {
             tracing::warn!(%error, "Hydra is unreachable");
-            token_unavailable()
+            token_unavailable("Hydra is temporarily unavailable; retry later")
         }
     }
 }
@@ -571,12 +665,16 @@ async fn pass_through(
     };
     let on_token_endpoint = request.uri().path() == "/oauth2/token";
     let (parts, body) = request.into_parts();
-    match proxy.forward(parts, body.boxed(), peer).await {
+    let started = Instant::now();
+    let forwarded = proxy.forward(parts, body.boxed(), peer).await;
+    app.metrics
+        .upstream("hydra", "pass_through", started.elapsed());
+    match forwarded {
         Ok(response) => response,
         Err(error) => {
             tracing::warn!(%error, "Hydra is unreachable");
             if on_token_endpoint {
-                token_unavailable()
+                token_unavailable("Hydra is temporarily unavailable; retry later")
             } else {
                 bad_gateway()
             }
@@ -585,12 +683,8 @@ async fn pass_through(
 }
 
 /// The token endpoint's answer when Hydra cannot be reached: RFC 6749, retry later.
-fn token_unavailable() -> Response<ResponseBody> {
-    let mut error = OAuthError::new(
-        503,
-        ErrorCode::TemporarilyUnavailable,
-        "Hydra is temporarily unavailable; retry later",
-    );
+fn token_unavailable(description: &str) -> Response<ResponseBody> {
+    let mut error = OAuthError::new(503, ErrorCode::TemporarilyUnavailable, description);
     error.retry_after = Some(1);
     oauth_error_response(error)
 }

@@ -12,6 +12,7 @@ use tokio::sync::{Mutex, OnceCell};
 
 use crate::config::HydraSettings;
 use crate::keys::KeySet;
+use crate::metrics::Metrics;
 use crate::secret::Secret;
 
 /// The jwt-bearer grant type (RFC 7523 §2.1).
@@ -123,15 +124,21 @@ pub struct Hydra {
     jwks: Cached,
     trust: OnceCell<()>,
     settings: HydraSettings,
+    metrics: Arc<Metrics>,
 }
 
 impl Hydra {
     /// A client for the configured Hydra.
-    pub fn new(settings: &HydraSettings) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        settings: &HydraSettings,
+        extra_roots: &[reqwest::Certificate],
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout)
             .redirect(reqwest::redirect::Policy::none())
+            .tls_certs_merge(extra_roots.iter().cloned())
             .no_proxy()
             .build()?;
 
@@ -147,6 +154,7 @@ impl Hydra {
             jwks: Mutex::new(None),
             trust: OnceCell::new(),
             settings: settings.clone(),
+            metrics,
         })
     }
 
@@ -176,7 +184,10 @@ impl Hydra {
         url.path_segments_mut()
             .map_err(|_| HydraError::Unexpected("admin URL cannot be a base".into()))?
             .push(id);
-        let response = self.http.get(url).send().await.map_err(transport)?;
+        let started = Instant::now();
+        let sent = self.http.get(url).send().await;
+        self.metrics.upstream("hydra", "client", started.elapsed());
+        let response = sent.map_err(transport)?;
         match response.status().as_u16() {
             200 => {
                 let record: ClientRecord = response
@@ -260,12 +271,15 @@ impl Hydra {
     }
 
     async fn fetch_document(&self, path: &str) -> Result<Value, HydraError> {
-        let response = self
+        let started = Instant::now();
+        let sent = self
             .http
             .get(Self::url(&self.public_url, path))
             .send()
-            .await
-            .map_err(transport)?;
+            .await;
+        self.metrics
+            .upstream("hydra", "metadata", started.elapsed());
+        let response = sent.map_err(transport)?;
         if !response.status().is_success() {
             return Err(HydraError::Unavailable(format!(
                 "{path} answered {}",
@@ -440,7 +454,11 @@ impl Hydra {
             value.set_sensitive(true);
             call = call.header(reqwest::header::AUTHORIZATION, value);
         }
-        let response = call.send().await.map_err(transport)?;
+        let started = Instant::now();
+        let sent = crate::telemetry::propagate(call).send().await;
+        self.metrics
+            .upstream("hydra", "jwt_bearer", started.elapsed());
+        let response = sent.map_err(transport)?;
         let status = response.status().as_u16();
         let bytes = response.bytes().await.map_err(transport)?;
         if status == 200 {

@@ -7,8 +7,11 @@ use reqwest::header::{COOKIE, HeaderValue, RETRY_AFTER};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
+use std::sync::Arc;
+
 use crate::config::KratosSettings;
 use crate::exchange::SubjectTokenKind;
+use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::store::BoxFuture;
 
@@ -94,16 +97,22 @@ pub struct KratosClient {
     http: reqwest::Client,
     whoami: reqwest::Url,
     cookie_name: String,
+    metrics: Arc<Metrics>,
 }
 
 impl KratosClient {
     /// A pooled client for Kratos's public URL with the configured per-call timeout.
-    pub fn new(settings: &KratosSettings) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        settings: &KratosSettings,
+        extra_roots: &[reqwest::Certificate],
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .redirect(reqwest::redirect::Policy::none())
+            .tls_certs_merge(extra_roots.iter().cloned())
             .no_proxy()
             .build()?;
         let mut whoami = settings.public_url.clone();
@@ -115,6 +124,7 @@ impl KratosClient {
             http,
             whoami,
             cookie_name: settings.session_cookie.clone(),
+            metrics,
         })
     }
 
@@ -137,14 +147,15 @@ impl KratosClient {
         } else {
             reqwest::header::HeaderName::from_static("x-session-token")
         };
-        let response = self
+        let started = std::time::Instant::now();
+        let call = self
             .http
             .get(self.whoami.clone())
             .header(header, value)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(|e| SessionError::upstream(describe_transport(&e)))?;
+            .header(reqwest::header::ACCEPT, "application/json");
+        let sent = crate::telemetry::propagate(call).send().await;
+        self.metrics.upstream("kratos", "whoami", started.elapsed());
+        let response = sent.map_err(|e| SessionError::upstream(describe_transport(&e)))?;
         let status = response.status();
         match status {
             StatusCode::OK => {

@@ -11,7 +11,7 @@
 //! - [`keys`] and [`tokens`] handle signing keys, the JWKS, and minting access and ID tokens.
 //! - [`oauth`] is the one place where errors become RFC 6749 responses.
 //! - [`bridge`] is the session bridge for first-party SPAs; [`store`] keeps one-time values.
-//! - [`telemetry`] sets up logging.
+//! - [`telemetry`] sets up logging and request ids; [`metrics`] counts for Prometheus.
 
 pub mod bridge;
 pub mod cli;
@@ -22,6 +22,7 @@ pub mod handlers;
 pub mod hydra;
 pub mod keys;
 pub mod kratos;
+pub mod metrics;
 pub mod oauth;
 pub mod policy;
 pub mod proxy;

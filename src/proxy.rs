@@ -3,6 +3,7 @@
 //! §7.6.1), with `X-Forwarded-*` set by Iris and never taken from the client (BCP-7).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,6 +15,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::CertificateDer;
 
 use crate::server::ResponseBody;
 
@@ -75,14 +77,28 @@ pub struct Proxy {
 
 impl Proxy {
     /// A proxy to `upstream` for a listener speaking `scheme` (`http` or `https`).
-    pub fn new(upstream: url::Url, scheme: &'static str) -> Result<Self, ProxyError> {
+    pub fn new(
+        upstream: url::Url,
+        scheme: &'static str,
+        extra_roots: Vec<CertificateDer<'static>>,
+    ) -> Result<Self, ProxyError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(5)));
+        let tls_setup = |e: rustls::Error| ProxyError::Unreachable(format!("TLS setup: {e}"));
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier =
+            rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())
+                .map_err(tls_setup)?;
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(tls_setup)?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .try_with_platform_verifier()
-            .map_err(|e| ProxyError::Unreachable(format!("TLS setup: {e}")))?
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
@@ -181,7 +197,12 @@ mod tests {
 
     #[test]
     fn upstream_uris_keep_path_and_query_under_the_prefix() {
-        let proxy = Proxy::new("http://hydra:4444/base/".parse().unwrap(), "http").unwrap();
+        let proxy = Proxy::new(
+            "http://hydra:4444/base/".parse().unwrap(),
+            "http",
+            Vec::new(),
+        )
+        .unwrap();
         let uri = proxy
             .upstream_uri(&"/oauth2/auth?client_id=a&x=%20".parse().unwrap())
             .unwrap();

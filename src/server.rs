@@ -25,6 +25,7 @@ use crate::handlers;
 use crate::hydra::{Hydra, HydraError};
 use crate::keys::{KeyError, KeySet};
 use crate::kratos::{KratosClient, SessionResolver};
+use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxyError};
 use crate::store::{MemoryStore, OneTimeStore};
 use crate::tokens::Minter;
@@ -36,15 +37,24 @@ pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
 pub mod limits {
     use std::time::Duration;
 
-    /// A client has this long to send its request headers.
-    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
     /// A client has this long to send a token-endpoint body, so a trickled body cannot hold a
     /// request open forever.
     pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
-    /// In-flight requests get this long to finish after shutdown starts.
-    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
     /// Pause after a failed `accept` (file descriptors exhausted), so the loop does not spin.
     pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+}
+
+/// What a listener enforces on its connections (from `serve.*`).
+#[derive(Clone)]
+pub struct ListenerLimits {
+    /// Request headers must arrive within this (and a TLS handshake too).
+    pub header_read_timeout: Duration,
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// Draining time after shutdown starts.
+    pub shutdown_grace: Duration,
+    /// TLS, when configured.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Why the server could not start.
@@ -65,6 +75,9 @@ pub enum StartError {
     /// A listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    /// The TLS certificate, key or CA file could not be used.
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 /// Everything a request handler needs, built once at start.
@@ -81,6 +94,12 @@ pub struct App {
     pub bridge: Option<Bridge>,
     /// `kratos.session_cookie`, which the bridge reads from the browser.
     pub session_cookie: String,
+    /// Counters and histograms for `/metrics/prometheus`.
+    pub metrics: Arc<Metrics>,
+    /// The longest a public request may take.
+    pub request_timeout: Duration,
+    /// What the public listener enforces.
+    pub public_limits: ListenerLimits,
 }
 
 /// What Iris stands in front of.
@@ -109,8 +128,10 @@ impl App {
     /// Builds the application for a public listener bound at `public_addr` (the default issuer
     /// needs the real port when the configuration says 0).
     pub fn build(settings: &Settings, public_addr: SocketAddr) -> Result<App, StartError> {
-        let sessions: Arc<dyn SessionResolver> = Arc::new(KratosClient::new(&settings.kratos)?);
-        Self::build_with(settings, public_addr, sessions)
+        let metrics = Arc::new(Metrics::new());
+        let roots = upstream_roots(settings)?;
+        let kratos = KratosClient::new(&settings.kratos, &roots.reqwest, metrics.clone())?;
+        Self::build_with(settings, public_addr, Arc::new(kratos), metrics)
     }
 
     /// As [`App::build`], with a given session resolver.
@@ -118,7 +139,11 @@ impl App {
         settings: &Settings,
         public_addr: SocketAddr,
         sessions: Arc<dyn SessionResolver>,
+        metrics: Arc<Metrics>,
     ) -> Result<App, StartError> {
+        let roots = upstream_roots(settings)?;
+        let tls = settings.public.tls.as_ref().map(tls_acceptor).transpose()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let keys = Arc::new(KeySet::load(&settings.signing_keys)?);
         if keys.ephemeral {
             tracing::warn!(
@@ -134,16 +159,23 @@ impl App {
             store.clone(),
         )?;
         let (front, issuer) = match &settings.hydra {
-            None => (standalone(settings, public_addr, &keys), Issuer::Synthesize),
+            None => (
+                standalone(settings, public_addr, scheme, &keys),
+                Issuer::Synthesize,
+            ),
             Some(hydra_settings) => {
-                let hydra = Arc::new(Hydra::new(hydra_settings)?);
+                let hydra = Arc::new(Hydra::new(hydra_settings, &roots.reqwest, metrics.clone())?);
                 let (verification, issuer) = match settings.issue {
                     IssueMode::Synthesize => (Verification::Iris, Issuer::Synthesize),
                     IssueMode::Forward => (Verification::Hydra, Issuer::Forward(hydra.clone())),
                 };
                 authenticator = authenticator.with_hydra(hydra.clone(), verification);
                 let front = Front::Hydra {
-                    proxy: Box::new(Proxy::new(hydra_settings.public_url.clone(), "http")?),
+                    proxy: Box::new(Proxy::new(
+                        hydra_settings.public_url.clone(),
+                        scheme,
+                        roots.der,
+                    )?),
                     hydra,
                     issuer: settings.issuer.clone(),
                 };
@@ -176,6 +208,14 @@ impl App {
                 .clone()
                 .map(|bridge| Bridge::new(bridge, store)),
             session_cookie: settings.kratos.session_cookie.clone(),
+            metrics,
+            request_timeout: settings.public.request_timeout.0,
+            public_limits: ListenerLimits {
+                header_read_timeout: settings.public.header_read_timeout.0,
+                max_connections: settings.public.max_connections,
+                shutdown_grace: settings.shutdown_grace,
+                tls,
+            },
         })
     }
 
@@ -217,12 +257,71 @@ impl App {
     }
 }
 
+/// Extra CA certificates for calls to Kratos and Hydra, in the forms reqwest and rustls take.
+struct UpstreamRoots {
+    reqwest: Vec<reqwest::Certificate>,
+    der: Vec<rustls_pki_types::CertificateDer<'static>>,
+}
+
+fn upstream_roots(settings: &Settings) -> Result<UpstreamRoots, StartError> {
+    use rustls_pki_types::pem::PemObject;
+    let Some(path) = &settings.upstream_ca_path else {
+        return Ok(UpstreamRoots {
+            reqwest: Vec::new(),
+            der: Vec::new(),
+        });
+    };
+    let problem = |e: &dyn std::fmt::Display| {
+        StartError::Tls(format!("upstream.ca_path {}: {e}", path.display()))
+    };
+    let der = rustls_pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| problem(&e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| problem(&e))?;
+    if der.is_empty() {
+        return Err(problem(&"no certificate in the file"));
+    }
+    let reqwest = der
+        .iter()
+        .map(|cert| reqwest::Certificate::from_der(cert))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| problem(&e))?;
+    Ok(UpstreamRoots { reqwest, der })
+}
+
+/// rustls for the public listener, offering h2 and http/1.1 by ALPN.
+fn tls_acceptor(tls: &crate::config::TlsConfig) -> Result<tokio_rustls::TlsAcceptor, StartError> {
+    use rustls_pki_types::pem::PemObject;
+    let problem = |what: &str, e: &dyn std::fmt::Display| {
+        StartError::Tls(format!("serve.public.tls.{what}: {e}"))
+    };
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(&tls.cert_path)
+        .map_err(|e| problem("cert_path", &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| problem("cert_path", &e))?;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&tls.key_path)
+        .map_err(|e| problem("key_path", &e))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| problem("cert_path", &e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| problem("key_path", &e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
 /// Standalone: Iris's own issuer, discovery document and JWKS.
-fn standalone(settings: &Settings, public_addr: SocketAddr, keys: &KeySet) -> Front {
-    let issuer = settings
-        .issuer
-        .clone()
-        .unwrap_or_else(|| format!("http://{}:{}/", settings.public.host, public_addr.port()));
+fn standalone(settings: &Settings, public_addr: SocketAddr, scheme: &str, keys: &KeySet) -> Front {
+    let issuer = settings.issuer.clone().unwrap_or_else(|| {
+        format!(
+            "{scheme}://{}:{}/",
+            settings.public.host,
+            public_addr.port()
+        )
+    });
+
     let base = issuer.trim_end_matches('/').to_owned();
     let token_endpoint = format!("{base}/oauth2/token");
     let discovery = serde_json::json!({
@@ -295,12 +394,17 @@ pub async fn serve(
     let registration = tokio::spawn(register_trust_in_background(app.clone()));
     let (stop, stopped) = watch::channel(false);
     let public_app = app.clone();
-    let public_loop = accept_loop(public, stopped.clone(), move |req, peer| {
+    let public_limits = app.public_limits.clone();
+    let public_loop = accept_loop(public, stopped.clone(), public_limits, move |req, peer| {
         let app = public_app.clone();
         async move { Ok::<_, Infallible>(handlers::public(&app, req, peer).await) }
     });
     let admin_app = app.clone();
-    let admin_loop = accept_loop(admin, stopped, move |req, _peer| {
+    let admin_limits = ListenerLimits {
+        tls: None,
+        ..app.public_limits.clone()
+    };
+    let admin_loop = accept_loop(admin, stopped, admin_limits, move |req, _peer| {
         let app = admin_app.clone();
         async move { Ok::<_, Infallible>(handlers::admin(&app, req).await) }
     });
@@ -314,8 +418,16 @@ pub async fn serve(
     Ok(())
 }
 
-async fn accept_loop<H, F>(listener: TcpListener, mut stopped: watch::Receiver<bool>, handler: H)
-where
+/// A connection's byte stream, plain or TLS.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Stream for T {}
+
+async fn accept_loop<H, F>(
+    listener: TcpListener,
+    mut stopped: watch::Receiver<bool>,
+    limits: ListenerLimits,
+    handler: H,
+) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
 {
@@ -323,9 +435,11 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits::HEADER_READ_TIMEOUT);
+        .header_read_timeout(limits.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut stop = std::pin::pin!(async move {
         while !*stopped.borrow_and_update() {
             if stopped.changed().await.is_err() {
@@ -334,32 +448,58 @@ where
         }
     });
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(limits::ACCEPT_BACKOFF).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let handler = handler.clone();
-                let service = service_fn(move |req| handler(req, peer));
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let watched = graceful.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(error) = watched.await {
-                        tracing::debug!(%error, "connection ended with an error");
-                    }
-                });
-            }
+        // At the connection limit, wait for a connection to close before accepting another.
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
             _ = &mut stop => break,
-        }
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(limits::ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = limits.tls.clone();
+        let handshake_timeout = limits.header_read_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let stream: Box<dyn Stream> = match tls {
+                None => Box::new(stream),
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => Box::new(tls),
+                        Ok(Err(error)) => {
+                            tracing::debug!(%error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            let service = service_fn(move |req| handler(req, peer));
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(error) = watcher.watch(connection.into_owned()).await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
     }
     drop(listener);
-    if tokio::time::timeout(limits::SHUTDOWN_GRACE, graceful.shutdown())
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
         .await
         .is_err()
     {

@@ -33,3 +33,72 @@ pub fn init(log: &LogConfig) {
         LogFormat::Text => builder.try_init(),
     };
 }
+
+/// What identifies one request across Iris's log lines and its calls to Kratos and Hydra.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    /// `X-Request-Id`: the caller's when usable, else generated.
+    pub request_id: String,
+    /// The caller's W3C `traceparent`, passed on unchanged.
+    pub traceparent: Option<String>,
+}
+
+tokio::task_local! {
+    static REQUEST: RequestContext;
+}
+
+/// Runs `work` with `context` as the current request.
+pub async fn in_request<F: std::future::Future>(context: RequestContext, work: F) -> F::Output {
+    REQUEST.scope(context, work).await
+}
+
+/// The request being served, if any.
+pub fn current_request() -> Option<RequestContext> {
+    REQUEST.try_with(Clone::clone).ok()
+}
+
+/// The caller's `X-Request-Id` when it is short printable ASCII; otherwise a new random one.
+pub fn request_id(header: Option<&str>) -> String {
+    match header {
+        Some(id)
+            if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            id.to_owned()
+        }
+        _ => {
+            let mut bytes = [0u8; 16];
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        }
+    }
+}
+
+/// Adds the current request's `X-Request-Id` and `traceparent` to a call to Kratos or Hydra.
+pub fn propagate(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    match current_request() {
+        Some(context) => {
+            let request = request.header("x-request-id", context.request_id);
+            match context.traceparent {
+                Some(traceparent) => request.header("traceparent", traceparent),
+                None => request,
+            }
+        }
+        None => request,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usable_request_ids_are_kept_and_others_replaced() {
+        assert_eq!(request_id(Some("abc-123")), "abc-123");
+        for bad in [None, Some(""), Some("has space"), Some("\u{e9}")] {
+            let id = request_id(bad);
+            assert_eq!(id.len(), 32, "{bad:?}");
+            assert_ne!(Some(id.as_str()), bad);
+        }
+        assert_ne!(request_id(None), request_id(None));
+    }
+}
