@@ -996,13 +996,13 @@ impl RawConfig {
                 }
             }
         }
-        if let Some(ca) = &self.upstream.ca_path {
-            if !ca.is_file() {
-                return Err(ConfigError::invalid(
-                    "upstream.ca_path",
-                    format!("{} is not a readable file", ca.display()),
-                ));
-            }
+        if let Some(ca) = &self.upstream.ca_path
+            && !ca.is_file()
+        {
+            return Err(ConfigError::invalid(
+                "upstream.ca_path",
+                format!("{} is not a readable file", ca.display()),
+            ));
         }
         positive("tokens.access_token_ttl", self.tokens.access_token_ttl)?;
         positive("tokens.id_token_ttl", self.tokens.id_token_ttl)?;
