@@ -44,6 +44,8 @@ pub struct SessionRecord {
     /// The identity has a second factor: with `required_aal: highest_available` an AAL1
     /// session gets 403 `session_aal2_required`.
     pub has_second_factor: bool,
+    /// How long whoami takes to answer for this session (a slow database, for load tests).
+    pub delay: Duration,
 }
 
 impl SessionRecord {
@@ -62,6 +64,7 @@ impl SessionRecord {
             traits: json!({"email": "alice@example.com"}),
             verifiable_addresses: vec![("alice@example.com".into(), true)],
             has_second_factor: false,
+            delay: Duration::ZERO,
         }
     }
 
@@ -147,6 +150,10 @@ pub struct Call {
     pub cookie: Option<String>,
     /// `Authorization`, if sent.
     pub authorization: Option<String>,
+    /// `X-Request-Id`, if sent.
+    pub request_id: Option<String>,
+    /// `traceparent`, if sent.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Default)]
@@ -296,6 +303,8 @@ impl Kratos {
             session_token: header("x-session-token"),
             cookie: header("cookie"),
             authorization: header("authorization"),
+            request_id: header("x-request-id"),
+            traceparent: header("traceparent"),
         };
         self.state.lock().unwrap().calls.push(call.clone());
         // extractToken: X-Session-Token wins, then the session cookie, then Authorization: Bearer.
@@ -359,6 +368,7 @@ impl Kratos {
                 }
             },
             Some(Entry::Session(session)) => {
+                tokio::time::sleep(session.delay).await;
                 if !session.is_active() {
                     // Revoked, expired or inactive identity: the generic 401, no error.id.
                     return unauthorized(req.headers(), false);

@@ -1,0 +1,372 @@
+//! Running Iris in production (DESIGN.md §5): metrics, request ids, TLS, limits, shutdown.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+use iris::config::{GoDuration, TlsConfig};
+
+async fn scrape(iris: &TestIris) -> String {
+    let response = http()
+        .get(format!("http://{}/metrics/prometheus", iris.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
+/// The value of one sample line `name{labels} value`, 0 when absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// Metrics are scraped and parsed; after successes and failures the counters move as expected.
+#[tokio::test]
+async fn metrics_count_requests_exchanges_and_upstream_calls() {
+    let (_kratos, iris) = start_with_alice().await;
+    let before = scrape(&iris).await;
+    assert!(before.ends_with("# EOF\n"), "OpenMetrics text: {before}");
+    for _ in 0..2 {
+        assert_eq!(exchange_as_orders(&iris, &[]).await.status, 200);
+    }
+    post_form(
+        &iris,
+        &exchange_form(ALICE_TOKEN, &[]),
+        Auth::Basic("orders-service", "wrong"),
+    )
+    .await;
+    post_form(
+        &iris,
+        &exchange_form("ory_st_unknown", &[]),
+        Auth::Basic("orders-service", ORDERS_SECRET),
+    )
+    .await;
+    let after = scrape(&iris).await;
+    let delta = |series: &str| sample(&after, series) - sample(&before, series);
+    assert_eq!(
+        delta(r#"iris_http_requests_total{route="token",status="200"}"#),
+        2.0,
+        "{after}"
+    );
+    assert_eq!(
+        delta(r#"iris_http_requests_total{route="token",status="401"}"#),
+        1.0
+    );
+    assert_eq!(
+        delta(r#"iris_http_requests_total{route="token",status="400"}"#),
+        1.0
+    );
+    assert_eq!(
+        delta(r#"iris_token_exchanges_total{client_id="orders-service",outcome="issued"}"#),
+        2.0
+    );
+    assert_eq!(
+        delta(
+            r#"iris_token_exchanges_total{client_id="orders-service",outcome="invalid_request"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta(r#"iris_token_exchanges_total{client_id="-",outcome="invalid_client"}"#),
+        1.0,
+        "unauthenticated clients are not labels"
+    );
+    assert_eq!(
+        delta(
+            r#"iris_upstream_request_duration_seconds_count{upstream="kratos",operation="whoami"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        delta(r#"iris_http_request_duration_seconds_count{route="token"}"#),
+        4.0
+    );
+    assert!(!after.contains("wrong"), "no request input in labels");
+}
+
+/// X-Request-Id is taken from the caller (or made), returned, and sent to Kratos with traceparent.
+#[tokio::test]
+async fn request_ids_and_traceparent_reach_kratos() {
+    let (kratos, iris) = start_with_alice().await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let body = serde_urlencoded::to_string(exchange_form(ALICE_TOKEN, &[])).unwrap();
+    let response = http()
+        .post(iris.token_url())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("authorization", basic("orders-service", ORDERS_SECRET))
+        .header("x-request-id", "req-42")
+        .header("traceparent", traceparent)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "req-42");
+    let call = &kratos.call_log()[0];
+    assert_eq!(call.request_id.as_deref(), Some("req-42"));
+    assert_eq!(call.traceparent.as_deref(), Some(traceparent));
+    // Without one, Iris makes one, answers with it, and Kratos sees the same.
+    let response = http()
+        .post(iris.token_url())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("authorization", basic("orders-service", ORDERS_SECRET))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let made = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(made.len(), 32);
+    assert_eq!(
+        kratos.call_log()[1].request_id.as_deref(),
+        Some(made.as_str())
+    );
+}
+
+/// A self-signed certificate and key (PEM) for 127.0.0.1 and localhost, with its CA certificate.
+fn certificate(dir: &std::path::Path) -> (TlsConfig, reqwest::Certificate) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    (
+        TlsConfig {
+            cert_path,
+            key_path,
+        },
+        reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap(),
+    )
+}
+
+/// With serve.public.tls, an exchange works over HTTPS (h2 by ALPN too) and the issuer is https.
+#[tokio::test]
+async fn an_exchange_over_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, ca) = certificate(dir.path());
+    let kratos = Kratos::start().await;
+    kratos.add_token(ALICE_TOKEN, Entry::Session(SessionRecord::alice()));
+    let mut raw = config(&kratos);
+    raw.serve.public.tls = Some(tls);
+    let iris = TestIris::start(raw).await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap();
+    let url = format!("https://{}/oauth2/token", iris.addr);
+    let response = client
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("authorization", basic("orders-service", ORDERS_SECRET))
+        .body(serde_urlencoded::to_string(exchange_form(ALICE_TOKEN, &[])).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.version(),
+        reqwest::Version::HTTP_2,
+        "ALPN offers h2"
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    let (_, claims) = jwt_parts(body["access_token"].as_str().unwrap());
+    assert_eq!(
+        claims["iss"],
+        format!("https://127.0.0.1:{}/", iris.addr.port())
+    );
+    // Plain HTTP on the TLS port gets no token.
+    let plain = http().post(iris.token_url()).body("x").send().await;
+    assert!(plain.is_err() || plain.unwrap().status() != 200);
+}
+
+/// A TLS terminator in front of a plain stand-in, with a certificate from the test's own CA.
+async fn tls_front(target: std::net::SocketAddr, tls: &TlsConfig) -> std::net::SocketAddr {
+    use rustls_pki_types::pem::PemObject;
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(&tls.cert_path)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&tls.key_path).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let (Ok(mut tls), Ok(mut plain)) = (
+                    acceptor.accept(stream).await,
+                    tokio::net::TcpStream::connect(target).await,
+                ) {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// upstream.ca_path: Kratos behind a private CA is trusted with it, and refused (503) without it.
+#[tokio::test]
+async fn a_private_ca_for_kratos() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, _) = certificate(dir.path());
+    let (kratos, _plain_iris) = start_with_alice().await;
+    let front = tls_front(kratos.addr, &tls).await;
+    let mut raw = config(&kratos);
+    raw.kratos.public_url = format!("https://localhost:{}", front.port());
+    let untrusting = TestIris::start(raw.clone()).await;
+    exchange_as_orders(&untrusting, &[])
+        .await
+        .assert_error(503, "temporarily_unavailable");
+    raw.upstream.ca_path = Some(dir.path().join("ca.pem"));
+    let trusting = TestIris::start(raw).await;
+    let answer = exchange_as_orders(&trusting, &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.json);
+}
+
+/// A connection that trickles its headers is closed after serve.public.header_read_timeout,
+/// while other clients are served.
+#[tokio::test]
+async fn slow_headers_are_cut_off() {
+    let kratos = Kratos::start().await;
+    kratos.add_token(ALICE_TOKEN, Entry::Session(SessionRecord::alice()));
+    let mut raw = config(&kratos);
+    raw.serve.public.header_read_timeout = GoDuration(Duration::from_secs(1));
+    let iris = TestIris::start(raw).await;
+    let mut slow = tokio::net::TcpStream::connect(iris.addr).await.unwrap();
+    slow.write_all(b"POST /oauth2/token HTTP/1.1\r\nHost: iris\r\n")
+        .await
+        .unwrap();
+    let trickle = async {
+        for byte in
+            b"X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                .iter()
+                .cycle()
+                .take(300)
+        {
+            if slow.write_all(&[*byte]).await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut buf = [0u8; 64];
+            if let Ok(Ok(0)) =
+                tokio::time::timeout(Duration::from_millis(1), slow.read(&mut buf)).await
+            {
+                return true;
+            }
+        }
+        false
+    };
+    let others = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        exchange_as_orders(&iris, &[]).await.status
+    };
+    let (closed, other_status) = tokio::join!(trickle, others);
+    assert_eq!(other_status, 200, "other clients are served meanwhile");
+    assert!(closed, "the trickling connection was never closed");
+}
+
+/// Shutdown: 50 exchanges in flight against a slow Kratos, SIGTERM to the real binary: every one
+/// completes with 200 and the process exits 0.
+#[tokio::test]
+async fn sigterm_drains_in_flight_exchanges() {
+    let kratos = Kratos::start().await;
+    let mut slow = SessionRecord::alice();
+    slow.delay = Duration::from_millis(1500);
+    kratos.add_token(ALICE_TOKEN, Entry::Session(slow));
+    let dir = tempfile::tempdir().unwrap();
+    let mut raw = config(&kratos);
+    raw.log.format = iris::config::LogFormat::Json;
+    raw.kratos.timeout = GoDuration(Duration::from_secs(10));
+    let path = dir.path().join("iris.yaml");
+    std::fs::write(&path, serde_json::to_string(&raw).unwrap()).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iris"))
+        .args(["serve", "-c"])
+        .arg(&path)
+        .env_clear()
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let public = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("iris logs that it listens");
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if json["message"] == "listening" {
+            break json["public"].as_str().unwrap().to_owned();
+        }
+    };
+    let url = format!("http://{public}/oauth2/token");
+    let body = serde_urlencoded::to_string(exchange_form(ALICE_TOKEN, &[])).unwrap();
+    let mut in_flight = Vec::new();
+    for _ in 0..50 {
+        let (url, body) = (url.clone(), body.clone());
+        in_flight.push(tokio::spawn(async move {
+            http()
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("authorization", basic("orders-service", ORDERS_SECRET))
+                .body(body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    // Wait until every request has reached Kratos, then ask Iris to stop.
+    for _ in 0..200 {
+        if kratos.calls() >= 50 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(kratos.calls(), 50, "all 50 exchanges are in flight");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    for request in in_flight {
+        assert_eq!(request.await.unwrap().expect("answered"), 200);
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    // New connections are refused once it is gone.
+    assert!(http().post(url).body(body).send().await.is_err());
+}
