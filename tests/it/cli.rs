@@ -774,6 +774,15 @@ async fn serve_logs_no_token_material() {
         .filter(|l| l["target"] == "iris::audit")
         .collect();
     assert_eq!(audits.len(), 8, "audit lines:\n{log}");
+    // Each exchange's audit line and request line share one request id.
+    for audit in &audits {
+        let id = audit["request_id"].as_str().filter(|id| !id.is_empty());
+        let id = id.unwrap_or_else(|| panic!("audit line without request_id: {audit}"));
+        assert!(
+            requests.iter().any(|r| r["request_id"] == id),
+            "no request line for request_id {id}:\n{log}"
+        );
+    }
     for (client, outcome) in [
         ("orders-service", "issued"),
         ("orders-service", "refused"),
