@@ -4,15 +4,17 @@
 mod support;
 
 mod bridge;
+mod browser;
 mod cli;
 mod client_auth;
 mod exchange_rules;
+mod gateway;
 mod health;
 mod hostile;
 mod hydra_front;
 mod hydra_standin;
 mod kratos_mapping;
 mod modes;
+mod operations;
 mod policy;
 mod tokens;
-mod browser;

@@ -370,3 +370,97 @@ async fn sigterm_drains_in_flight_exchanges() {
     // New connections are refused once it is gone.
     assert!(http().post(url).body(body).send().await.is_err());
 }
+
+/// upstream.ca_path also covers the pass-through to an https Hydra (its own TLS client).
+#[tokio::test]
+async fn a_private_ca_for_hydra_pass_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, _) = certificate(dir.path());
+    let kratos = Kratos::start().await;
+    let hydra = crate::support::hydra::Hydra::start().await;
+    let front = tls_front(hydra.public_addr(), &tls).await;
+    let mut raw = config(&kratos);
+    raw.hydra = Some(iris::config::HydraConfig {
+        public_url: format!("https://localhost:{}", front.port()),
+        admin_url: hydra.admin_url(),
+        ..Default::default()
+    });
+    let untrusting = TestIris::start(raw.clone()).await;
+    let refused = http()
+        .get(format!("{}/userinfo", untrusting.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 502);
+    raw.upstream.ca_path = Some(dir.path().join("ca.pem"));
+    let trusting = TestIris::start(raw).await;
+    let echoed = answer(
+        http()
+            .get(format!("{}/userinfo", trusting.url()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(echoed.status, 200);
+    assert_eq!(echoed.json["path"], "/userinfo");
+    let proto = echoed.json["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h[0] == "x-forwarded-proto")
+        .map(|h| h[1].clone());
+    assert_eq!(
+        proto,
+        Some(serde_json::json!("http")),
+        "Iris's own listener is plain here"
+    );
+}
+
+/// serve.public.max_connections: at the limit a new client waits until a connection closes.
+#[tokio::test]
+async fn the_connection_limit_makes_new_clients_wait() {
+    let kratos = Kratos::start().await;
+    kratos.add_token(ALICE_TOKEN, Entry::Session(SessionRecord::alice()));
+    let mut raw = config(&kratos);
+    raw.serve.public.max_connections = 1;
+    let iris = TestIris::start(raw).await;
+    // One keep-alive connection holds the only slot.
+    let mut held = tokio::net::TcpStream::connect(iris.addr).await.unwrap();
+    held.write_all(format!("GET /nope HTTP/1.1\r\nHost: {}\r\n\r\n", iris.addr).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = held.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"));
+    let waiting = tokio::spawn({
+        let url = iris.token_url();
+        async move {
+            let client = reqwest::Client::builder()
+                .no_proxy()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap();
+            client
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("authorization", basic("orders-service", ORDERS_SECRET))
+                .body(serde_urlencoded::to_string(exchange_form(ALICE_TOKEN, &[])).unwrap())
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a second connection was served past the limit"
+    );
+    assert_eq!(kratos.calls(), 0);
+    drop(held);
+    assert_eq!(
+        waiting.await.unwrap().unwrap(),
+        200,
+        "served once the slot is free"
+    );
+}
