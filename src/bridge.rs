@@ -237,6 +237,7 @@ mod tests {
             amr: vec!["password".into()],
             email: None,
             email_verified: false,
+            cacheable_for: None,
         }
     }
 

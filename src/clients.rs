@@ -277,7 +277,15 @@ pub struct Authenticator {
     replay: Arc<dyn OneTimeStore>,
     /// Checked when the client is unknown, so that an unknown id costs as much as a wrong secret.
     decoy_hash: Arc<str>,
+    /// Recent successful argon2 checks, by salted digest of (client, secret, hash): a client that
+    /// calls often pays for argon2 once per [`VERIFIED_FOR`], not once per request.
+    verified: moka::future::Cache<[u8; 32], ()>,
+    salt: [u8; 32],
+    argon2_runs: std::sync::atomic::AtomicU64,
 }
+
+/// How long a successful secret check is remembered.
+pub const VERIFIED_FOR: Duration = Duration::from_secs(300);
 
 impl Authenticator {
     /// Builds the static registry from validated client entries.
@@ -302,6 +310,16 @@ impl Authenticator {
                     reason,
                 })?
                 .into(),
+            verified: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(VERIFIED_FOR)
+                .build(),
+            salt: {
+                let mut salt = [0u8; 32];
+                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut salt);
+                salt
+            },
+            argon2_runs: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -378,7 +396,7 @@ impl Authenticator {
             return Err(AuthError::WrongMethod(method_name(method)));
         }
         let ok = match verifier {
-            Some(SecretVerifier::Argon2(hash)) => verify_argon2(hash.clone(), secret.clone()).await,
+            Some(SecretVerifier::Argon2(hash)) => self.check_argon2(client_id, hash, secret).await,
             Some(SecretVerifier::Plaintext(digest)) => {
                 bool::from(Sha256::digest(secret.expose().as_bytes())[..].ct_eq(&digest[..]))
             }
@@ -390,6 +408,41 @@ impl Authenticator {
         } else {
             Err(AuthError::Failed)
         }
+    }
+
+    /// argon2 for a secret not seen recently; a remembered success otherwise.
+    async fn check_argon2(&self, client_id: &str, hash: &Arc<str>, secret: &Secret) -> bool {
+        let key: [u8; 32] = {
+            let mut hasher = Sha256::new();
+            for part in [
+                &self.salt[..],
+                client_id.as_bytes(),
+                secret.expose().as_bytes(),
+                hash.as_bytes(),
+            ] {
+                hasher.update((part.len() as u64).to_be_bytes());
+                hasher.update(part);
+            }
+            hasher.finalize().into()
+        };
+        // Concurrent checks of the same secret share one argon2 run; only a success is kept.
+        self.verified
+            .try_get_with(key, async {
+                self.argon2_runs
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if verify_argon2(hash.clone(), secret.clone()).await {
+                    Ok(())
+                } else {
+                    Err(())
+                }
+            })
+            .await
+            .is_ok()
+    }
+
+    /// How many argon2 verifications ran (the cache's effect, for tests and diagnostics).
+    pub fn argon2_runs(&self) -> u64 {
+        self.argon2_runs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn check_assertion(
@@ -723,5 +776,47 @@ mod tests {
         assert!(hash.starts_with("$argon2id$"));
         assert!(verify_argon2(hash.clone(), Secret::new("s3 +%&:cret")).await);
         assert!(!verify_argon2(hash, Secret::new("s3 +%&:creT")).await);
+    }
+}
+
+#[cfg(test)]
+mod verification_cache_tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn client(hash: String) -> ClientConfig {
+        ClientConfig {
+            client_id: "c".into(),
+            client_secret_hash: Some(hash),
+            client_secret: None,
+            token_endpoint_auth_method: AuthMethod::ClientSecretBasic,
+            token_endpoint_auth_signing_alg: None,
+            jwks: None,
+            grant_types: vec![],
+            audience: vec![],
+            scope: String::new(),
+            metadata: Default::default(),
+        }
+    }
+
+    /// A remembered success skips argon2; a wrong secret is never taken from the memory.
+    #[tokio::test]
+    async fn successful_checks_are_remembered_and_wrong_ones_never() {
+        let auth = Authenticator::new(
+            &[client(hash_secret("right").unwrap())],
+            false,
+            Arc::new(MemoryStore::default()),
+        )
+        .unwrap();
+        let basic = |secret: &str| Credentials::Basic {
+            client_id: "c".into(),
+            secret: Secret::new(secret),
+        };
+        assert!(auth.authenticate(&basic("right"), "").await.is_ok());
+        assert!(auth.authenticate(&basic("right"), "").await.is_ok());
+        assert_eq!(auth.argon2_runs(), 1, "the second success came from memory");
+        assert!(auth.authenticate(&basic("wrong"), "").await.is_err());
+        assert!(auth.authenticate(&basic("wrong"), "").await.is_err());
+        assert_eq!(auth.argon2_runs(), 3, "failures always pay argon2");
     }
 }

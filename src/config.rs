@@ -50,6 +50,8 @@ pub const ENV_KEYS: &[&str] = &[
     "kratos.timeout",
     "kratos.session_token_types",
     "kratos.session_cookie_types",
+    "kratos.cache_ttl",
+    "kratos.cache_max_entries",
     "hydra.public_url",
     "hydra.admin_url",
     "hydra.timeout",
@@ -279,6 +281,11 @@ pub struct KratosConfig {
     pub session_token_types: Vec<String>,
     /// Subject token types resolved as a session cookie value (`Cookie`).
     pub session_cookie_types: Vec<String>,
+    /// Reuse a resolved session for up to this long (`0s`: off). Never past the session's
+    /// `expires_at` or Kratos's `Ory-Session-Cache-For`; a revoked session is accepted until then.
+    pub cache_ttl: GoDuration,
+    /// Sessions kept at most.
+    pub cache_max_entries: u64,
 }
 
 impl Default for KratosConfig {
@@ -289,6 +296,8 @@ impl Default for KratosConfig {
             timeout: GoDuration(Duration::from_secs(2)),
             session_token_types: DEFAULT_SESSION_TOKEN_TYPES.map(String::from).to_vec(),
             session_cookie_types: DEFAULT_SESSION_COOKIE_TYPES.map(String::from).to_vec(),
+            cache_ttl: GoDuration(Duration::ZERO),
+            cache_max_entries: 10_000,
         }
     }
 }
@@ -733,6 +742,10 @@ pub struct KratosSettings {
     pub session_token_types: Vec<String>,
     /// Subject token types sent as a cookie.
     pub session_cookie_types: Vec<String>,
+    /// Positive cache lifetime (zero: concurrent calls are coalesced, nothing is kept).
+    pub cache_ttl: Duration,
+    /// Cache bound.
+    pub cache_max_entries: u64,
 }
 
 /// Validated `hydra` settings.
@@ -1053,6 +1066,8 @@ impl RawConfig {
                 timeout: self.kratos.timeout.0,
                 session_token_types: self.kratos.session_token_types.clone(),
                 session_cookie_types: self.kratos.session_cookie_types.clone(),
+                cache_ttl: self.kratos.cache_ttl.0,
+                cache_max_entries: self.kratos.cache_max_entries,
             },
             hydra,
             issue: self.tokens.issue,

@@ -47,10 +47,13 @@ pub struct Session {
     pub email: Option<String>,
     /// Whether a verified verifiable address equals the email trait.
     pub email_verified: bool,
+    /// Kratos's `Ory-Session-Cache-For`: how long this answer may be reused, when it said so.
+    #[serde(skip)]
+    pub cacheable_for: Option<Duration>,
 }
 
 /// Why a session could not be resolved.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SessionError {
     /// Kratos answered 401: no valid session for this credential.
     #[error("the subject token is not a valid Kratos session")]
@@ -159,6 +162,12 @@ impl KratosClient {
         let status = response.status();
         match status {
             StatusCode::OK => {
+                let cacheable_for = response
+                    .headers()
+                    .get("ory-session-cache-for")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
                 let body = response
                     .bytes()
                     .await
@@ -168,7 +177,9 @@ impl KratosClient {
                         "whoami answered 200 with an unexpected body: {e}"
                     ))
                 })?;
-                wire.into_session()
+                let mut session = wire.into_session()?;
+                session.cacheable_for = cacheable_for;
+                Ok(session)
             }
             StatusCode::UNAUTHORIZED => Err(SessionError::Invalid),
             StatusCode::FORBIDDEN => {
@@ -234,6 +245,87 @@ fn is_cookie_value(value: &str) -> bool {
         && inner
             .bytes()
             .all(|b| matches!(b, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E))
+}
+
+/// Coalesces concurrent resolutions of one credential into one whoami call (single flight) and,
+/// with `kratos.cache_ttl`, reuses the session for that long, never past its `expires_at` or
+/// Kratos's `Ory-Session-Cache-For`. Failures are never kept. Entries are keyed by a salted
+/// digest of the credential, never the credential itself.
+pub struct CachingResolver<R> {
+    inner: R,
+    sessions: moka::future::Cache<[u8; 32], Arc<Session>>,
+    salt: [u8; 32],
+}
+
+/// How long a resolved session may be reused.
+struct Reuse {
+    ttl: Duration,
+}
+
+impl moka::Expiry<[u8; 32], Arc<Session>> for Reuse {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        session: &Arc<Session>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        let until_end = session
+            .expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        let mut reuse = self.ttl.min(until_end);
+        if let Some(kratos_says) = session.cacheable_for {
+            reuse = reuse.min(kratos_says);
+        }
+        Some(reuse)
+    }
+}
+
+impl<R: SessionResolver> CachingResolver<R> {
+    /// Wraps `inner` with a cache of `ttl` (zero: single flight only) holding `max_entries`.
+    pub fn new(inner: R, ttl: Duration, max_entries: u64) -> Self {
+        let mut salt = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut salt);
+        let sessions = moka::future::Cache::builder()
+            .max_capacity(max_entries)
+            .expire_after(Reuse { ttl })
+            .build();
+        CachingResolver {
+            inner,
+            sessions,
+            salt,
+        }
+    }
+
+    fn key(&self, token: &SubjectToken) -> [u8; 32] {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(self.salt);
+        hasher.update([token.kind as u8]);
+        hasher.update(token.value.expose().as_bytes());
+        hasher.finalize().into()
+    }
+}
+
+impl<R: SessionResolver> SessionResolver for CachingResolver<R> {
+    fn resolve<'a>(
+        &'a self,
+        token: &'a SubjectToken,
+    ) -> BoxFuture<'a, Result<Session, SessionError>> {
+        Box::pin(async move {
+            self.sessions
+                .try_get_with(self.key(token), async {
+                    self.inner.resolve(token).await.map(Arc::new)
+                })
+                .await
+                .map(|session| (*session).clone())
+                .map_err(|error| (*error).clone())
+        })
+    }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
+        self.inner.ready()
+    }
 }
 
 fn describe_transport(error: &reqwest::Error) -> String {
@@ -330,6 +422,7 @@ impl WireSession {
             amr,
             email,
             email_verified,
+            cacheable_for: None,
         })
     }
 }

@@ -144,6 +144,7 @@ mod tests {
             amr: vec!["password".into()],
             email: None,
             email_verified: false,
+            cacheable_for: None,
         }
     }
 

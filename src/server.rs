@@ -24,7 +24,7 @@ use crate::exchange::{Endpoints, Exchanger, Issuer, SubjectTokenTypes};
 use crate::handlers;
 use crate::hydra::{Hydra, HydraError};
 use crate::keys::{KeyError, KeySet};
-use crate::kratos::{KratosClient, SessionResolver};
+use crate::kratos::{CachingResolver, KratosClient, SessionResolver};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxyError};
 use crate::store::{MemoryStore, OneTimeStore};
@@ -131,7 +131,12 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let roots = upstream_roots(settings)?;
         let kratos = KratosClient::new(&settings.kratos, &roots.reqwest, metrics.clone())?;
-        Self::build_with(settings, public_addr, Arc::new(kratos), metrics)
+        let sessions = CachingResolver::new(
+            kratos,
+            settings.kratos.cache_ttl,
+            settings.kratos.cache_max_entries,
+        );
+        Self::build_with(settings, public_addr, Arc::new(sessions), metrics)
     }
 
     /// As [`App::build`], with a given session resolver.

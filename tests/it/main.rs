@@ -17,4 +17,5 @@ mod kratos_mapping;
 mod modes;
 mod operations;
 mod policy;
+mod session_cache;
 mod tokens;

@@ -300,7 +300,11 @@ async fn sigterm_drains_in_flight_exchanges() {
     let kratos = Kratos::start().await;
     let mut slow = SessionRecord::alice();
     slow.delay = Duration::from_millis(1500);
-    kratos.add_token(ALICE_TOKEN, Entry::Session(slow));
+    // One session per exchange: concurrent exchanges of one session would share a whoami call.
+    let tokens: Vec<String> = (0..50).map(|i| format!("ory_st_shutdown{i:032}")).collect();
+    for token in &tokens {
+        kratos.add_token(token, Entry::Session(slow.clone()));
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut raw = config(&kratos);
     raw.log.format = iris::config::LogFormat::Json;
@@ -334,8 +338,9 @@ async fn sigterm_drains_in_flight_exchanges() {
     let url = format!("http://{public}/oauth2/token");
     let body = serde_urlencoded::to_string(exchange_form(ALICE_TOKEN, &[])).unwrap();
     let mut in_flight = Vec::new();
-    for _ in 0..50 {
-        let (url, body) = (url.clone(), body.clone());
+    for token in &tokens {
+        let url = url.clone();
+        let body = serde_urlencoded::to_string(exchange_form(token, &[])).unwrap();
         in_flight.push(tokio::spawn(async move {
             http()
                 .post(url)

@@ -158,6 +158,8 @@ pub struct Call {
 
 #[derive(Default)]
 struct State {
+    /// `feature_flags.cacheable_sessions` with this `cacheable_sessions_max_age` (seconds).
+    cache_for: Option<u64>,
     by_token: HashMap<String, Entry>,
     by_cookie: HashMap<String, Entry>,
     calls: Vec<Call>,
@@ -269,6 +271,12 @@ impl Kratos {
             .unwrap()
             .by_cookie
             .insert(value.into(), entry);
+    }
+
+    /// Turns on `feature_flags.cacheable_sessions`: a 200 carries `Ory-Session-Cache-For`, the
+    /// seconds until `expires_at` capped by `max_age` (reference/kratos.md §a).
+    pub fn set_cacheable_sessions(&self, max_age: Option<u64>) {
+        self.state.lock().unwrap().cache_for = max_age;
     }
 
     /// How many whoami calls were made.
@@ -409,6 +417,14 @@ impl Kratos {
                         .parse()
                         .unwrap(),
                 );
+                if let Some(max_age) = self.state.lock().unwrap().cache_for {
+                    let left = session
+                        .expires_at
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default()
+                        .as_secs();
+                    h.insert("ory-session-cache-for", left.min(max_age).into());
+                }
                 r
             }
         }
