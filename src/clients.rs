@@ -126,7 +126,7 @@ impl Client {
             grant_types: record.grant_types.clone(),
             audience: record.audience.clone(),
             scope: split_scope(&record.scope),
-            first_party: record.metadata.get("first_party") == Some(&serde_json::Value::Bool(true)),
+            first_party: config::is_first_party(record.metadata.get("first_party")),
             credential,
         }
     }
@@ -646,7 +646,7 @@ fn build_client(
         grant_types: entry.grant_types.clone(),
         audience: entry.audience.clone(),
         scope: split_scope(&entry.scope),
-        first_party: entry.metadata.get("first_party") == Some(&serde_json::Value::Bool(true)),
+        first_party: config::is_first_party(entry.metadata.get("first_party")),
         credential,
     })
 }
@@ -788,14 +788,7 @@ mod verification_cache_tests {
         ClientConfig {
             client_id: "c".into(),
             client_secret_hash: Some(hash),
-            client_secret: None,
-            token_endpoint_auth_method: AuthMethod::ClientSecretBasic,
-            token_endpoint_auth_signing_alg: None,
-            jwks: None,
-            grant_types: vec![],
-            audience: vec![],
-            scope: String::new(),
-            metadata: Default::default(),
+            ..Default::default()
         }
     }
 

@@ -422,7 +422,7 @@ pub enum AuthMethod {
 }
 
 /// One entry of `clients`, shaped like a Hydra client record.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     /// The client's id.
@@ -805,6 +805,11 @@ fn validate_hydra(hydra: &HydraConfig) -> Result<HydraSettings, ConfigError> {
     })
 }
 
+/// DESIGN.md §8: a client is first-party only with `metadata.first_party: true` (the boolean).
+pub fn is_first_party(flag: Option<&serde_json::Value>) -> bool {
+    flag == Some(&serde_json::Value::Bool(true))
+}
+
 /// Validated `bridge` settings.
 #[derive(Clone, Debug)]
 pub struct BridgeSettings {
@@ -862,7 +867,7 @@ fn validate_bridge(
                 format!("`{}` is not a static client (clients[]); the bridge issues to a client Iris configures", bridge.client_id),
             )
         })?;
-    if client.metadata.get("first_party") != Some(&serde_json::Value::Bool(true)) {
+    if !is_first_party(client.metadata.get("first_party")) {
         return Err(ConfigError::invalid(
             "bridge.client_id",
             format!(
@@ -1309,13 +1314,7 @@ mod tests {
             client_id: "a".into(),
             client_secret_hash: Some("$argon2id$...".into()),
             client_secret: Some("hunter2".into()),
-            token_endpoint_auth_method: AuthMethod::ClientSecretBasic,
-            token_endpoint_auth_signing_alg: None,
-            jwks: None,
-            grant_types: vec![],
-            audience: vec![],
-            scope: String::new(),
-            metadata: Default::default(),
+            ..Default::default()
         });
         let text = config.redacted_json().to_string();
         assert!(

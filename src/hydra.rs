@@ -14,6 +14,7 @@ use crate::config::HydraSettings;
 use crate::keys::KeySet;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
+use crate::upstream::Roots;
 
 /// The jwt-bearer grant type (RFC 7523 §2.1).
 pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -131,17 +132,10 @@ impl Hydra {
     /// A client for the configured Hydra.
     pub fn new(
         settings: &HydraSettings,
-        extra_roots: &[reqwest::Certificate],
+        roots: &Roots,
         metrics: Arc<Metrics>,
     ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .tls_certs_merge(extra_roots.iter().cloned())
-            .no_proxy()
-            .build()?;
-
+        let http = crate::upstream::http_client(settings.timeout, roots)?;
         Ok(Hydra {
             http,
             public_url: settings.public_url.clone(),

@@ -14,6 +14,7 @@ use crate::exchange::SubjectTokenKind;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::store::BoxFuture;
+use crate::upstream::Roots;
 
 /// A session credential as the client presented it.
 #[derive(Debug, Clone)]
@@ -107,17 +108,10 @@ impl KratosClient {
     /// A pooled client for Kratos's public URL with the configured per-call timeout.
     pub fn new(
         settings: &KratosSettings,
-        extra_roots: &[reqwest::Certificate],
+        roots: &Roots,
         metrics: Arc<Metrics>,
     ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .redirect(reqwest::redirect::Policy::none())
-            .tls_certs_merge(extra_roots.iter().cloned())
-            .no_proxy()
-            .build()?;
+        let http = crate::upstream::http_client(settings.timeout, roots)?;
         let mut whoami = settings.public_url.clone();
         // Keep a path prefix (Kratos behind a path-routing gateway) and append the endpoint.
         let base = whoami.path().trim_end_matches('/').to_owned();

@@ -9,6 +9,7 @@
 //! - [`kratos`] resolves sessions at Kratos; [`hydra`] reads Hydra's clients, discovery and
 //!   JWKS and runs forward mode's jwt-bearer grant; [`proxy`] passes everything else to Hydra.
 //! - [`keys`] and [`tokens`] handle signing keys, the JWKS, and minting access and ID tokens.
+//! - [`upstream`] builds the HTTP clients for Kratos and Hydra.
 //! - [`oauth`] is the one place where errors become RFC 6749 responses.
 //! - [`bridge`] is the session bridge for first-party SPAs; [`store`] keeps one-time values.
 //! - [`telemetry`] sets up logging and request ids; [`metrics`] counts for Prometheus.
@@ -31,5 +32,6 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tokens;
+pub mod upstream;
 
 pub use server::{App, run};

@@ -29,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxyError};
 use crate::store::{MemoryStore, OneTimeStore};
 use crate::tokens::Minter;
+use crate::upstream::Roots;
 
 /// The body type of every response: fixed bodies now, streamed ones for pass-through later.
 pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
@@ -129,24 +130,24 @@ impl App {
     /// needs the real port when the configuration says 0).
     pub fn build(settings: &Settings, public_addr: SocketAddr) -> Result<App, StartError> {
         let metrics = Arc::new(Metrics::new());
-        let roots = upstream_roots(settings)?;
-        let kratos = KratosClient::new(&settings.kratos, &roots.reqwest, metrics.clone())?;
+        let roots = Roots::load(settings.upstream_ca_path.as_deref()).map_err(StartError::Tls)?;
+        let kratos = KratosClient::new(&settings.kratos, &roots, metrics.clone())?;
         let sessions = CachingResolver::new(
             kratos,
             settings.kratos.cache_ttl,
             settings.kratos.cache_max_entries,
         );
-        Self::build_with(settings, public_addr, Arc::new(sessions), metrics)
+        Self::build_with(settings, public_addr, Arc::new(sessions), metrics, roots)
     }
 
-    /// As [`App::build`], with a given session resolver.
+    /// As [`App::build`], with a given session resolver (and the upstream roots already read).
     pub fn build_with(
         settings: &Settings,
         public_addr: SocketAddr,
         sessions: Arc<dyn SessionResolver>,
         metrics: Arc<Metrics>,
+        roots: Roots,
     ) -> Result<App, StartError> {
-        let roots = upstream_roots(settings)?;
         let tls = settings.public.tls.as_ref().map(tls_acceptor).transpose()?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let keys = Arc::new(KeySet::load(&settings.signing_keys)?);
@@ -169,7 +170,7 @@ impl App {
                 Issuer::Synthesize,
             ),
             Some(hydra_settings) => {
-                let hydra = Arc::new(Hydra::new(hydra_settings, &roots.reqwest, metrics.clone())?);
+                let hydra = Arc::new(Hydra::new(hydra_settings, &roots, metrics.clone())?);
                 let (verification, issuer) = match settings.issue {
                     IssueMode::Synthesize => (Verification::Iris, Issuer::Synthesize),
                     IssueMode::Forward => (Verification::Hydra, Issuer::Forward(hydra.clone())),
@@ -260,38 +261,6 @@ impl App {
             }
         }
     }
-}
-
-/// Extra CA certificates for calls to Kratos and Hydra, in the forms reqwest and rustls take.
-struct UpstreamRoots {
-    reqwest: Vec<reqwest::Certificate>,
-    der: Vec<rustls_pki_types::CertificateDer<'static>>,
-}
-
-fn upstream_roots(settings: &Settings) -> Result<UpstreamRoots, StartError> {
-    use rustls_pki_types::pem::PemObject;
-    let Some(path) = &settings.upstream_ca_path else {
-        return Ok(UpstreamRoots {
-            reqwest: Vec::new(),
-            der: Vec::new(),
-        });
-    };
-    let problem = |e: &dyn std::fmt::Display| {
-        StartError::Tls(format!("upstream.ca_path {}: {e}", path.display()))
-    };
-    let der = rustls_pki_types::CertificateDer::pem_file_iter(path)
-        .map_err(|e| problem(&e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| problem(&e))?;
-    if der.is_empty() {
-        return Err(problem(&"no certificate in the file"));
-    }
-    let reqwest = der
-        .iter()
-        .map(|cert| reqwest::Certificate::from_der(cert))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| problem(&e))?;
-    Ok(UpstreamRoots { reqwest, der })
 }
 
 /// rustls for the public listener, offering h2 and http/1.1 by ALPN.
