@@ -110,7 +110,41 @@ pub struct ForwardedCredentials {
 }
 
 /// A cached document with its fetch time.
-type Cached = Mutex<Option<(Instant, Arc<Value>)>>;
+/// A document of Hydra's: read without waiting while fresh; refreshed by one caller at a time.
+#[derive(Default)]
+struct Cached {
+    /// The document and when to refresh it.
+    current: std::sync::RwLock<Option<(Instant, Arc<Value>)>>,
+    /// Held while refreshing, so concurrent misses share one request.
+    refreshing: Mutex<()>,
+}
+
+impl Cached {
+    fn fresh(&self) -> Option<Arc<Value>> {
+        let current = self.current.read().ok()?;
+        current
+            .as_ref()
+            .filter(|(refresh_at, _)| Instant::now() < *refresh_at)
+            .map(|(_, document)| document.clone())
+    }
+
+    fn any(&self) -> Option<Arc<Value>> {
+        self.current
+            .read()
+            .ok()?
+            .as_ref()
+            .map(|(_, document)| document.clone())
+    }
+
+    fn set(&self, refresh_at: Instant, document: Arc<Value>) {
+        if let Ok(mut current) = self.current.write() {
+            *current = Some((refresh_at, document));
+        }
+    }
+}
+
+/// While Hydra is down, a stale document is served and a refresh tried at most this often.
+const STALE_RETRY: Duration = Duration::from_secs(5);
 
 /// Hydra's public and admin APIs.
 pub struct Hydra {
@@ -143,9 +177,9 @@ impl Hydra {
             metadata_ttl: settings.metadata_cache_ttl,
             clients: bounded_cache(settings.client_cache_ttl),
             remote_keys: bounded_cache(settings.metadata_cache_ttl),
-            openid_configuration: Mutex::new(None),
-            authorization_server: Mutex::new(None),
-            jwks: Mutex::new(None),
+            openid_configuration: Cached::default(),
+            authorization_server: Cached::default(),
+            jwks: Cached::default(),
             trust: OnceCell::new(),
             settings: settings.clone(),
             metrics,
@@ -241,23 +275,27 @@ impl Hydra {
     }
 
     async fn cached_document(&self, slot: &Cached, path: &str) -> Result<Arc<Value>, HydraError> {
-        // Holding the lock while fetching makes concurrent misses share one request.
-        let mut cached = slot.lock().await;
-        if let Some((fetched, document)) = cached.as_ref()
-            && fetched.elapsed() < self.metadata_ttl
-        {
-            return Ok(document.clone());
+        if let Some(document) = slot.fresh() {
+            return Ok(document);
+        }
+        let _refreshing = slot.refreshing.lock().await;
+        if let Some(document) = slot.fresh() {
+            return Ok(document);
         }
         match self.fetch_document(path).await {
             Ok(document) => {
                 let document = Arc::new(document);
-                *cached = Some((Instant::now(), document.clone()));
+                slot.set(Instant::now() + self.metadata_ttl, document.clone());
                 Ok(document)
             }
-            Err(error) => match cached.as_ref() {
-                Some((_, stale)) => {
+            Err(error) => match slot.any() {
+                Some(stale) => {
                     tracing::warn!(%error, path, "serving a stale copy of Hydra's document");
-                    Ok(stale.clone())
+                    slot.set(
+                        Instant::now() + self.metadata_ttl.min(STALE_RETRY),
+                        stale.clone(),
+                    );
+                    Ok(stale)
                 }
                 None => Err(error),
             },

@@ -959,3 +959,34 @@ impl StaticJson {
         StaticJson { url }
     }
 }
+
+/// Discovery and JWKS are refreshed after metadata_cache_ttl; while Hydra is down, the last copy
+/// is served (and exchanges keep their issuer) instead of failing.
+#[tokio::test]
+async fn a_stale_copy_serves_while_hydra_is_down() {
+    let kratos = Kratos::start().await;
+    kratos.add_token(ALICE_TOKEN, Entry::Session(SessionRecord::alice()));
+    let hydra = Hydra::start().await;
+    let mut raw = front_config(&kratos, &hydra, IssueMode::Synthesize);
+    raw.hydra.as_mut().unwrap().metadata_cache_ttl =
+        iris::config::GoDuration(Duration::from_millis(50));
+    let iris = TestIris::start(raw).await;
+    let fresh = get(format!("{}/.well-known/openid-configuration", iris.url())).await;
+    assert_eq!(fresh.status, 200);
+    // Refreshed: Hydra's new issuer shows once the TTL has passed.
+    hydra.set_issuer("https://auth.example.com/");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let refreshed = get(format!("{}/.well-known/openid-configuration", iris.url())).await;
+    assert_eq!(refreshed.json["issuer"], "https://auth.example.com/");
+    hydra.stop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stale = get(format!("{}/.well-known/openid-configuration", iris.url())).await;
+    assert_eq!(
+        (stale.status, &stale.json["issuer"]),
+        (200, &json!("https://auth.example.com/"))
+    );
+    let answer = exchange_as_orders(&iris, &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.json);
+    let (_, claims) = jwt_parts(answer.json["access_token"].as_str().unwrap());
+    assert_eq!(claims["iss"], "https://auth.example.com/");
+}
