@@ -469,3 +469,57 @@ async fn the_connection_limit_makes_new_clients_wait() {
         "served once the slot is free"
     );
 }
+
+/// serve.public.request_timeout: an exchange stuck on a slow Kratos is answered 503
+/// temporarily_unavailable (with Retry-After), not left hanging.
+#[tokio::test]
+async fn a_request_past_its_timeout_is_answered() {
+    let kratos = Kratos::start().await;
+    let mut slow = SessionRecord::alice();
+    slow.delay = Duration::from_secs(5);
+    kratos.add_token(ALICE_TOKEN, Entry::Session(slow));
+    let mut raw = config(&kratos);
+    raw.kratos.timeout = GoDuration(Duration::from_secs(30));
+    raw.serve.public.request_timeout = GoDuration(Duration::from_millis(500));
+    let iris = TestIris::start(raw).await;
+    let answer = exchange_as_orders(&iris, &[]).await;
+    answer.assert_error(503, "temporarily_unavailable");
+    assert!(answer.header("retry-after").is_some());
+    assert!(answer.header("x-request-id").is_some());
+}
+
+/// SIGINT stops the binary as SIGTERM does: exit 0.
+#[tokio::test]
+async fn sigint_stops_cleanly() {
+    let kratos = Kratos::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut raw = config(&kratos);
+    raw.log.format = iris::config::LogFormat::Json;
+    let path = dir.path().join("iris.yaml");
+    std::fs::write(&path, serde_json::to_string(&raw).unwrap()).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iris"))
+        .args(["serve", "-c"])
+        .arg(&path)
+        .env_clear()
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    // Wait for the listeners before signalling.
+    while let Some(Ok(line)) = lines.next() {
+        if line.contains("\"listening\"") {
+            break;
+        }
+    }
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+}
