@@ -129,13 +129,15 @@ fn serve(files: &[PathBuf]) -> ExitCode {
         Err(error) => return fail(error),
     };
     let result = runtime.block_on(async {
+        // Installed before the listeners exist, so no signal can find the process unprepared.
+        let shutdown = crate::server::shutdown_signal();
         let public =
             tokio::net::TcpListener::bind((settings.public.host.as_str(), settings.public.port))
                 .await?;
         let admin =
             tokio::net::TcpListener::bind((settings.admin.host.as_str(), settings.admin.port))
                 .await?;
-        crate::server::run(settings, public, admin, crate::server::shutdown_signal()).await
+        crate::server::run(settings, public, admin, shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

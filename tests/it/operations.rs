@@ -10,6 +10,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::support::*;
 use iris::config::{GoDuration, TlsConfig};
 
+/// Kills the child if a test fails before it exits on its own.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 async fn scrape(iris: &TestIris) -> String {
     let response = http()
         .get(format!("http://{}/metrics/prometheus", iris.admin))
@@ -320,6 +332,8 @@ async fn sigterm_drains_in_flight_exchanges() {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
+    let pid = child.id().to_string();
+    let mut guard = KillOnDrop(Some(child));
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -360,13 +374,11 @@ async fn sigterm_drains_in_flight_exchanges() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(kratos.calls(), 50, "all 50 exchanges are in flight");
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     for request in in_flight {
         assert_eq!(request.await.unwrap().expect("answered"), 200);
     }
+    let mut child = guard.0.take().unwrap();
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
@@ -506,6 +518,8 @@ async fn sigint_stops_cleanly() {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
+    let pid = child.id().to_string();
+    let mut guard = KillOnDrop(Some(child));
     let mut lines = BufReader::new(stderr).lines();
     // Wait for the listeners before signalling.
     while let Some(Ok(line)) = lines.next() {
@@ -513,10 +527,8 @@ async fn sigint_stops_cleanly() {
             break;
         }
     }
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    let mut child = guard.0.take().unwrap();
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
