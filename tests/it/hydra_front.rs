@@ -990,3 +990,37 @@ async fn a_stale_copy_serves_while_hydra_is_down() {
     let (_, claims) = jwt_parts(answer.json["access_token"].as_str().unwrap());
     assert_eq!(claims["iss"], "https://auth.example.com/");
 }
+
+/// The request id and traceparent reach Hydra too: on forward mode's jwt-bearer call and on
+/// pass-through (where Iris adds the id it made when the caller sent none).
+#[tokio::test]
+async fn request_ids_reach_hydra() {
+    let f = front(IssueMode::Forward).await;
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let body = serde_urlencoded::to_string(exchange_form(ALICE_TOKEN, &[])).unwrap();
+    let response = http()
+        .post(f.iris.token_url())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("authorization", basic("hydra-basic", HYDRA_SECRET))
+        .header("x-request-id", "req-7")
+        .header("traceparent", traceparent)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let grant = f.hydra.token_requests().into_iter().last().unwrap();
+    assert_eq!(grant.header("x-request-id"), Some("req-7"));
+    assert_eq!(grant.header("traceparent"), Some(traceparent));
+    let response = http()
+        .get(format!("{}/userinfo", f.iris.url()))
+        .send()
+        .await
+        .unwrap();
+    let made = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let seen = f.hydra.requests().into_iter().last().unwrap();
+    assert_eq!(seen.header("x-request-id"), Some(made.as_str()));
+}
