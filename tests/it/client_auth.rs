@@ -74,16 +74,12 @@ async fn an_unencoded_basic_secret_fails() {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(raw)
     );
-    let body = serde_urlencoded::to_string(exchange_form(ALICE_TOKEN, &[])).unwrap();
-    let response = http()
-        .post(iris.token_url())
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("authorization", header)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let answer = answer(response).await;
+    let answer = post_form(
+        &iris,
+        &exchange_form(ALICE_TOKEN, &[]),
+        Auth::Header(&header),
+    )
+    .await;
     answer.assert_error(401, "invalid_client");
     assert_basic_challenge(&answer);
 }
@@ -93,16 +89,12 @@ async fn an_unencoded_basic_secret_fails() {
 async fn a_malformed_authorization_header_is_401() {
     let (kratos, iris) = start_with_alice().await;
     for header in ["Basic !!!notbase64", "Bearer abc", "Basic"] {
-        let body = serde_urlencoded::to_string(exchange_form(ALICE_TOKEN, &[])).unwrap();
-        let response = http()
-            .post(iris.token_url())
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("authorization", header)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let answer = answer(response).await;
+        let answer = post_form(
+            &iris,
+            &exchange_form(ALICE_TOKEN, &[]),
+            Auth::Header(header),
+        )
+        .await;
         answer.assert_error(401, "invalid_client");
         assert_basic_challenge(&answer);
     }

@@ -22,6 +22,69 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The real binary serving `raw` (JSON logs), once it logs that it listens.
+struct Served {
+    child: KillOnDrop,
+    pid: String,
+    /// The public listener's address.
+    public: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    fn start(mut raw: iris::config::RawConfig) -> Served {
+        raw.log.format = iris::config::LogFormat::Json;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("iris.yaml");
+        std::fs::write(&path, serde_json::to_string(&raw).unwrap()).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_iris"))
+            .args(["serve", "-c"])
+            .arg(&path)
+            .env_clear()
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let pid = child.id().to_string();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Keep draining stderr so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let public = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("iris logs that it listens");
+            let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if json["message"] == "listening" {
+                break json["public"].as_str().unwrap().to_owned();
+            }
+        };
+        Served {
+            child: KillOnDrop(Some(child)),
+            pid,
+            public,
+            _dir: dir,
+        }
+    }
+
+    /// Sends `signal` (`-TERM`, `-INT`) and waits for the exit status.
+    async fn stop_with(mut self, signal: &str) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args([signal, &self.pid])
+            .status()
+            .unwrap();
+        let mut child = self.child.0.take().unwrap();
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+}
+
 async fn scrape(iris: &TestIris) -> String {
     let response = http()
         .get(format!("http://{}/metrics/prometheus", iris.admin))
@@ -317,38 +380,10 @@ async fn sigterm_drains_in_flight_exchanges() {
     for token in &tokens {
         kratos.add_token(token, Entry::Session(slow.clone()));
     }
-    let dir = tempfile::tempdir().unwrap();
     let mut raw = config(&kratos);
-    raw.log.format = iris::config::LogFormat::Json;
     raw.kratos.timeout = GoDuration(Duration::from_secs(10));
-    let path = dir.path().join("iris.yaml");
-    std::fs::write(&path, serde_json::to_string(&raw).unwrap()).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_iris"))
-        .args(["serve", "-c"])
-        .arg(&path)
-        .env_clear()
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let pid = child.id().to_string();
-    let mut guard = KillOnDrop(Some(child));
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let public = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("iris logs that it listens");
-        let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if json["message"] == "listening" {
-            break json["public"].as_str().unwrap().to_owned();
-        }
-    };
+    let served = Served::start(raw);
+    let public = served.public.clone();
     let url = format!("http://{public}/oauth2/token");
     let body = serde_urlencoded::to_string(exchange_form(ALICE_TOKEN, &[])).unwrap();
     let mut in_flight = Vec::new();
@@ -374,15 +409,11 @@ async fn sigterm_drains_in_flight_exchanges() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(kratos.calls(), 50, "all 50 exchanges are in flight");
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let stopping = tokio::spawn(served.stop_with("-TERM"));
     for request in in_flight {
         assert_eq!(request.await.unwrap().expect("answered"), 200);
     }
-    let mut child = guard.0.take().unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = stopping.await.unwrap();
     assert!(status.success(), "exit status {status}");
     // New connections are refused once it is gone.
     assert!(http().post(url).body(body).send().await.is_err());
@@ -504,34 +535,6 @@ async fn a_request_past_its_timeout_is_answered() {
 #[tokio::test]
 async fn sigint_stops_cleanly() {
     let kratos = Kratos::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut raw = config(&kratos);
-    raw.log.format = iris::config::LogFormat::Json;
-    let path = dir.path().join("iris.yaml");
-    std::fs::write(&path, serde_json::to_string(&raw).unwrap()).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_iris"))
-        .args(["serve", "-c"])
-        .arg(&path)
-        .env_clear()
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let pid = child.id().to_string();
-    let mut guard = KillOnDrop(Some(child));
-    let mut lines = BufReader::new(stderr).lines();
-    // Wait for the listeners before signalling.
-    while let Some(Ok(line)) = lines.next() {
-        if line.contains("\"listening\"") {
-            break;
-        }
-    }
-    Command::new("kill").args(["-INT", &pid]).status().unwrap();
-    let mut child = guard.0.take().unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = Served::start(config(&kratos)).stop_with("-INT").await;
     assert!(status.success(), "exit status {status}");
 }

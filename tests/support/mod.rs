@@ -212,6 +212,8 @@ pub enum Auth<'a> {
     Basic(&'a str, &'a str),
     /// `client_id` and `client_secret` in the body.
     Post(&'a str, &'a str),
+    /// This exact `Authorization` header value (malformed ones included).
+    Header(&'a str),
 }
 
 /// RFC 6749 App. B encoding of one value.
@@ -251,6 +253,7 @@ pub async fn post_form(iris: &TestIris, pairs: &[(&str, &str)], auth: Auth<'_>) 
             pairs.push(("client_id", id));
             pairs.push(("client_secret", secret));
         }
+        Auth::Header(value) => request = request.header("authorization", value),
     }
     let body = serde_urlencoded::to_string(&pairs).unwrap();
     answer(request.body(body).send().await.expect("request")).await
