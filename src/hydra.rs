@@ -455,7 +455,7 @@ impl Hydra {
             "exp": now + 60,
             "jti": crate::tokens::new_jti(),
         });
-        let assertion = jsonwebtoken::encode(&header, &claims, &signer.encoding)
+        let assertion = crate::tokens::sign(&header, &claims, signer)
             .map_err(|e| HydraError::Unexpected(format!("signing the assertion: {e}")))?;
         let mut form: Vec<(&str, &str)> =
             vec![("grant_type", JWT_BEARER_GRANT), ("assertion", &assertion)];

@@ -26,7 +26,11 @@ pub struct SigningKey {
     pub encoding: EncodingKey,
     /// The public JWK as published.
     pub public_jwk: Value,
+    /// Unique in this process: what per-thread signer caches key on (two keys may share a `kid`).
+    pub instance: u64,
 }
+
+static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -164,6 +168,7 @@ pub fn from_private_jwk(jwk: &Value) -> Result<SigningKey, KeyError> {
         alg,
         encoding,
         public_jwk,
+        instance: INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     })
 }
 

@@ -6,6 +6,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use jsonwebtoken::crypto::{CryptoProvider, JwtSigner};
+use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Header};
 use serde::Serialize;
 use sha2::Digest;
@@ -13,7 +19,7 @@ use sha2::Digest;
 use crate::clients::Client;
 use crate::exchange::TokenResponse;
 use crate::hydra::HydraToken;
-use crate::keys::KeySet;
+use crate::keys::{KeySet, SigningKey};
 use crate::kratos::Session;
 use crate::policy::Grant;
 
@@ -184,7 +190,7 @@ impl Minter {
             sid: &at.session.id,
         };
         let signer = self.keys.signer();
-        let access_token = jsonwebtoken::encode(&self.access_header, &claims, &signer.encoding)?;
+        let access_token = sign(&self.access_header, &claims, signer)?;
         let id_token = self.id_token_beside(at, &at.grant.scope, &access_token)?;
         Ok(TokenResponse {
             access_token,
@@ -285,9 +291,51 @@ impl Minter {
             email,
             email_verified: email.map(|_| session.email_verified),
         };
-        let token = jsonwebtoken::encode(&self.id_header, &claims, &self.keys.signer().encoding)?;
+        let token = sign(&self.id_header, &claims, self.keys.signer())?;
         Ok((token, exp.saturating_sub(iat)))
     }
+}
+
+thread_local! {
+    /// jsonwebtoken's signers, built once per key and runtime thread. `jsonwebtoken::encode`
+    /// builds one per call, parsing the key again each time (a scalar multiplication for EC keys,
+    /// a key check for RSA: 8.5 of 22.9 µs per ES256 token, 207 of 719 µs per RS256 token); its
+    /// signers are not `Sync`, hence one per thread.
+    static SIGNERS: RefCell<HashMap<u64, Box<dyn JwtSigner>>> = RefCell::new(HashMap::new());
+}
+
+/// A compact JWS (RFC 7515 §7.1), as `jsonwebtoken::encode` makes it, signed by jsonwebtoken's
+/// signer for `key` built once.
+pub fn sign(
+    header: &Header,
+    claims: &impl Serialize,
+    key: &SigningKey,
+) -> Result<String, MintError> {
+    let mut token = B64.encode(to_json(header)?);
+    token.push('.');
+    token.push_str(&B64.encode(to_json(claims)?));
+    let signature = SIGNERS.with(|signers| -> Result<Vec<u8>, MintError> {
+        let mut signers = signers.borrow_mut();
+        let signer = match signers.entry(key.instance) {
+            Entry::Occupied(signer) => signer.into_mut(),
+            Entry::Vacant(slot) => {
+                let provider = CryptoProvider::try_get_default()
+                    .ok_or_else(|| MintError::Sign(ErrorKind::MissingAlgorithm.into()))?;
+                slot.insert((provider.signer_factory)(&key.alg, &key.encoding)?)
+            }
+        };
+        signer
+            .try_sign(token.as_bytes())
+            .map_err(|_| MintError::Sign(ErrorKind::InvalidSignature.into()))
+    })?;
+    token.push('.');
+    token.push_str(&B64.encode(signature));
+    Ok(token)
+}
+
+/// A header or claims set as JSON (fails only on a map with non-string keys).
+fn to_json(value: &impl Serialize) -> Result<Vec<u8>, MintError> {
+    serde_json::to_vec(value).map_err(|e| MintError::Sign(e.into()))
 }
 
 fn access_token_type(requested: RequestedTokenType) -> &'static str {
@@ -340,6 +388,42 @@ mod tests {
             ),
             "77QmUPtjPfzWtF2AnpK9RQ"
         );
+    }
+
+    /// Cached signers belong to a key, not to a `kid`: two keys sharing one stay apart.
+    #[test]
+    fn signatures_verify_with_their_own_key_even_when_kids_collide() {
+        for alg in crate::keys::SIGNING_ALGS {
+            let first =
+                crate::keys::from_private_jwk(&crate::keys::generate(alg, Some("same")).unwrap())
+                    .unwrap();
+            let second =
+                crate::keys::from_private_jwk(&crate::keys::generate(alg, Some("same")).unwrap())
+                    .unwrap();
+            for key in [&first, &second, &first] {
+                let header = Header {
+                    kid: Some(key.kid.clone()),
+                    ..Header::new(key.alg)
+                };
+                let token = sign(&header, &serde_json::json!({"sub": "x"}), key).unwrap();
+                let jwk: jsonwebtoken::jwk::Jwk =
+                    serde_json::from_value(key.public_jwk.clone()).unwrap();
+                let mut validation = jsonwebtoken::Validation::new(key.alg);
+                validation.required_spec_claims.clear();
+                validation.validate_exp = false;
+                let decoding = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
+                jsonwebtoken::decode::<serde_json::Value>(&token, &decoding, &validation)
+                    .expect(alg);
+                // And it is what jsonwebtoken::encode would have made, up to the signature.
+                let reference =
+                    jsonwebtoken::encode(&header, &serde_json::json!({"sub": "x"}), &key.encoding)
+                        .unwrap();
+                assert_eq!(
+                    token.rsplit_once('.').unwrap().0,
+                    reference.rsplit_once('.').unwrap().0
+                );
+            }
+        }
     }
 
     #[test]
