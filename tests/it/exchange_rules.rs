@@ -47,7 +47,7 @@ async fn refused(
 #[tokio::test]
 async fn a_get_is_invalid_request() {
     let (kratos, iris) = start_with_alice().await;
-    let answer = answer(http().get(iris.token_url()).send().await.unwrap()).await;
+    let answer = get(iris.token_url()).await;
     answer.assert_error(400, "invalid_request");
     assert_eq!(kratos.calls(), 0);
 }
@@ -334,14 +334,7 @@ async fn unknown_paths_are_404_and_health_is_alive() {
     .await;
     assert_eq!(missing.status, 404);
     assert_eq!(missing.json["error"]["code"], 404);
-    let alive = answer(
-        http()
-            .get(format!("http://{}/health/alive", iris.admin))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let alive = get(format!("http://{}/health/alive", iris.admin)).await;
     assert_eq!(
         (alive.status, alive.json["status"].as_str()),
         (200, Some("ok"))

@@ -3,14 +3,7 @@
 use crate::support::*;
 
 async fn ready(iris: &TestIris) -> Answer {
-    answer(
-        http()
-            .get(format!("http://{}/health/ready", iris.admin))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    get(format!("http://{}/health/ready", iris.admin)).await
 }
 
 /// Ready flips to 503 naming Kratos when Kratos stops, and back to 200 when it returns.
@@ -29,14 +22,7 @@ async fn ready_follows_kratos() {
     assert_eq!(down.status, 503, "{}", down.json);
     assert!(down.json["errors"]["kratos"].is_string(), "{}", down.json);
     // Alive only says the process is up.
-    let alive = answer(
-        http()
-            .get(format!("http://{}/health/alive", iris.admin))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let alive = get(format!("http://{}/health/alive", iris.admin)).await;
     assert_eq!(alive.status, 200);
     kratos.restart().await;
     let back = ready(&iris).await;

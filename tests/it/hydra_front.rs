@@ -76,10 +76,6 @@ fn hydra_assertion(front: &Front, claims: Value) -> String {
     )
 }
 
-async fn get(url: String) -> Answer {
-    answer(http().get(url).send().await.unwrap()).await
-}
-
 // === Pass-through ===
 
 /// Method, path, query, headers and body reach Hydra unchanged, and Hydra's answer comes back.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::hydra::*;
-use crate::support::{Answer, answer, basic, http, now, public_jwk};
+use crate::support::{Answer, answer, basic, get as get_url, http, now, public_jwk};
 
 /// Every character RFC 6749 App. B must survive.
 const SECRET: &str = "s3 +%&:cret/é";
@@ -958,7 +958,7 @@ async fn discovery_jwks_and_health() {
     let hydra = start().await;
     let get = |path: &str| {
         let url = format!("{}{path}", hydra.public_url());
-        async move { answer(http().get(url).send().await.unwrap()).await }
+        async move { get_url(url).await }
     };
     let doc = get("/.well-known/openid-configuration").await;
     assert_eq!(doc.status, 200);

@@ -442,14 +442,7 @@ async fn a_private_ca_for_hydra_pass_through() {
     assert_eq!(refused.status(), 502);
     raw.upstream.ca_path = Some(dir.path().join("ca.pem"));
     let trusting = TestIris::start(raw).await;
-    let echoed = answer(
-        http()
-            .get(format!("{}/userinfo", trusting.url()))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let echoed = get(format!("{}/userinfo", trusting.url())).await;
     assert_eq!(echoed.status, 200);
     assert_eq!(echoed.json["path"], "/userinfo");
     let proto = echoed.json["headers"]

@@ -259,6 +259,11 @@ pub async fn post_form(iris: &TestIris, pairs: &[(&str, &str)], auth: Auth<'_>) 
     answer(request.body(body).send().await.expect("request")).await
 }
 
+/// GETs a URL and reads the answer.
+pub async fn get(url: String) -> Answer {
+    answer(http().get(url).send().await.expect("request")).await
+}
+
 /// Reads a response.
 pub async fn answer(response: reqwest::Response) -> Answer {
     let status = response.status().as_u16();
