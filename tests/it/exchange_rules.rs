@@ -363,6 +363,72 @@ async fn http2_prior_knowledge_is_served() {
     assert_eq!(response.status(), 200);
 }
 
+/// The raw HTTP/1.1 exchange request alice's orders-service sends.
+fn raw_exchange_request(iris: &TestIris) -> String {
+    let body = serde_urlencoded::to_string(exchange_form(ALICE_TOKEN, &[])).unwrap();
+    format!(
+        "POST /oauth2/token HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        iris.addr,
+        basic("orders-service", ORDERS_SECRET),
+        body.len()
+    )
+}
+
+/// A request whose first byte arrives alone (it could still be the HTTP/2 preface's "P") is
+/// served once the rest arrives: the protocol is decided on more bytes, none of them lost.
+#[tokio::test]
+async fn a_request_whose_first_byte_arrives_alone_is_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_kratos, iris) = start_with_alice().await;
+    let request = raw_exchange_request(&iris);
+    let mut stream = tokio::net::TcpStream::connect(iris.addr).await.unwrap();
+    stream.write_all(&request.as_bytes()[..1]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    stream.write_all(&request.as_bytes()[1..]).await.unwrap();
+    let mut response = vec![0u8; 16];
+    // Hang guard only.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        stream.read_exact(&mut response),
+    )
+    .await
+    .expect("no answer")
+    .unwrap();
+    assert_eq!(
+        &response[..12],
+        b"HTTP/1.1 200",
+        "{:?}",
+        String::from_utf8_lossy(&response)
+    );
+}
+
+/// A client that closes its sending side right after its request (a TCP half-close) still
+/// gets its answer.
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_kratos, iris) = start_with_alice().await;
+    let mut stream = tokio::net::TcpStream::connect(iris.addr).await.unwrap();
+    stream
+        .write_all(raw_exchange_request(&iris).as_bytes())
+        .await
+        .unwrap();
+    stream.shutdown().await.unwrap();
+    let mut response = Vec::new();
+    // Hang guard only.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        stream.read_to_end(&mut response),
+    )
+    .await
+    .expect("no answer")
+    .unwrap();
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("access_token"), "{text}");
+}
+
 /// A body that never arrives completely is answered (400 invalid_request), not waited on forever.
 #[tokio::test]
 async fn a_trickled_body_is_cut_off() {

@@ -245,7 +245,7 @@ async fn an_exchange_over_https() {
     let iris = TestIris::start(raw).await;
     let client = reqwest::Client::builder()
         .no_proxy()
-        .tls_certs_only([ca])
+        .tls_certs_only([ca.clone()])
         .build()
         .unwrap();
     let url = format!("https://{}/oauth2/token", iris.addr);
@@ -268,6 +268,23 @@ async fn an_exchange_over_https() {
         claims["iss"],
         format!("https://127.0.0.1:{}/", iris.addr.port())
     );
+    // A client that offers only http/1.1 by ALPN is served HTTP/1.1.
+    let http1 = reqwest::Client::builder()
+        .no_proxy()
+        .http1_only()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap();
+    let response = http1
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("authorization", basic("orders-service", ORDERS_SECRET))
+        .body(serde_urlencoded::to_string(exchange_form(ALICE_TOKEN, &[])).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_11);
+    assert_eq!(response.status(), 200);
     // Plain HTTP on the TLS port gets no token.
     let plain = http().post(iris.token_url()).body("x").send().await;
     assert!(plain.is_err() || plain.unwrap().status() != 200);
@@ -366,6 +383,24 @@ async fn slow_headers_are_cut_off() {
     let (closed, other_status) = tokio::join!(trickle, others);
     assert_eq!(other_status, 200, "other clients are served meanwhile");
     assert!(closed, "the trickling connection was never closed");
+}
+
+/// A connection that never sends a byte is closed after serve.public.header_read_timeout, so
+/// idle sockets cannot hold the connection limit's slots forever.
+#[tokio::test]
+async fn a_silent_connection_is_closed() {
+    let kratos = Kratos::start().await;
+    let mut raw = config(&kratos);
+    raw.serve.public.header_read_timeout = GoDuration(Duration::from_secs(1));
+    let iris = TestIris::start(raw).await;
+    let mut silent = tokio::net::TcpStream::connect(iris.addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    // Hang guard only: the server's timeout must close it first.
+    let read = tokio::time::timeout(Duration::from_secs(30), silent.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the silent connection was not closed: {read:?}"
+    );
 }
 
 /// Shutdown: 50 exchanges in flight against a slow Kratos, SIGTERM to the real binary: every one
