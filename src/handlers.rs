@@ -125,15 +125,17 @@ async fn dispatch(
     request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<ResponseBody> {
+    // The token, bridge and pass-through futures are boxed: inline, the request future would be
+    // as large as the largest route's (about 14 KB) and be copied that large on every move.
     match (route, &app.bridge) {
-        ("token", _) => token(app, request, peer).await,
+        ("token", _) => Box::pin(token(app, request, peer)).await,
         ("jwks", _) => jwks(app).await,
         ("discovery", _) => {
             let path = request.uri().path().to_owned();
             discovery(app, &path).await
         }
-        ("bridge", Some(bridge)) => session_bridge(app, bridge, request).await,
-        ("pass_through", _) => pass_through(app, request, peer).await,
+        ("bridge", Some(bridge)) => Box::pin(session_bridge(app, bridge, request)).await,
+        ("pass_through", _) => Box::pin(pass_through(app, request, peer)).await,
         ("method_not_allowed", _) => method_not_allowed(),
         _ => not_found(),
     }

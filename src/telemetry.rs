@@ -21,8 +21,10 @@ pub fn init(log: &LogConfig) {
         format!("warn,iris={level}")
     };
     let filter = EnvFilter::new(directives);
+    // Colours only on a terminal: escape codes in a log file or a collector are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match log.format {
         LogFormat::Json => builder

@@ -1,8 +1,10 @@
 -- The one wrk script of benches/load.rs. BENCH_MODE picks the request:
 --   get       the URL as given, with no per-request Lua (wrk's fastest path): pass-through
 --   whoami    GET with X-Session-Token: a direct call to the Kratos stand-in
---   exchange  POST the RFC 8693 form (Basic client authentication from BENCH_AUTHORIZATION):
---             Iris, and the cookbook baseline (which ignores the client credentials)
+--   exchange  POST the RFC 8693 form (Basic client authentication from BENCH_AUTHORIZATION)
+--             with scope "email": Iris answers an access token, one signed JWT, as the cookbook
+--             baseline does (which ignores the client credentials)
+--   exchange_openid  the same with scope "openid email": an access token and an ID token
 -- Session tokens rotate through ory_st_bench000...0 .. BENCH_SESSIONS-1, as the stand-in holds
 -- them. done() prints one BENCH_JSON line that load.rs reads (latencies in microseconds).
 
@@ -12,7 +14,8 @@ local authorization = os.getenv("BENCH_AUTHORIZATION") or ""
 
 local FORM_HEAD = "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange"
   .. "&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Asession"
-  .. "&scope=openid+email&audience=https%3A%2F%2Forders.example.com&subject_token="
+  .. (mode == "exchange_openid" and "&scope=openid+email" or "&scope=email")
+  .. "&audience=https%3A%2F%2Forders.example.com&subject_token="
 
 local threads = 0
 function setup(thread)
@@ -30,7 +33,7 @@ local function token()
   return string.format("ory_st_bench%027d", counter % sessions)
 end
 
-if mode == "exchange" then
+if mode == "exchange" or mode == "exchange_openid" then
   local headers = {
     ["Content-Type"] = "application/x-www-form-urlencoded",
     ["Authorization"] = authorization,
