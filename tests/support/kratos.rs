@@ -376,7 +376,7 @@ impl Kratos {
                 }
             },
             Some(Entry::Session(session)) => {
-                tokio::time::sleep(session.delay).await;
+                answer_after(session.delay).await;
                 if !session.is_active() {
                     // Revoked, expired or inactive identity: the generic 401, no error.id.
                     return unauthorized(req.headers(), false);
@@ -510,4 +510,86 @@ fn error_response(code: u16, id: Option<&str>, body: Value) -> Response<Full<Byt
             .unwrap(),
     );
     r
+}
+
+/// Waits `delay` before answering, to within a fraction of a millisecond: tokio's timer rounds
+/// a sleep up to its next millisecond tick, so a "2 ms" Kratos would answer after 2 to 3 ms
+/// (the benchmarks' fixed-latency Kratos). Short delays wait on one timer thread that sleeps
+/// on a condition variable until the earliest deadline; long ones (tests) on tokio's timer.
+async fn answer_after(delay: Duration) {
+    if delay.is_zero() {
+        return;
+    }
+    if delay >= Duration::from_millis(50) {
+        tokio::time::sleep(delay).await;
+        return;
+    }
+    let (done, wait) = tokio::sync::oneshot::channel();
+    precise_timer().add(std::time::Instant::now() + delay, done);
+    let _ = wait.await;
+}
+
+/// Deadlines waiting on the precise timer thread, earliest first.
+struct PreciseTimer {
+    due: Mutex<std::collections::BinaryHeap<Deadline>>,
+    changed: std::sync::Condvar,
+}
+
+struct Deadline {
+    at: std::time::Instant,
+    done: tokio::sync::oneshot::Sender<()>,
+}
+
+impl PartialEq for Deadline {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+impl Eq for Deadline {}
+impl PartialOrd for Deadline {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Deadline {
+    // Reversed: the max-heap then pops the earliest deadline.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.at.cmp(&self.at)
+    }
+}
+
+impl PreciseTimer {
+    fn add(&self, at: std::time::Instant, done: tokio::sync::oneshot::Sender<()>) {
+        self.due.lock().unwrap().push(Deadline { at, done });
+        self.changed.notify_one();
+    }
+
+    fn run(&self) {
+        let mut due = self.due.lock().unwrap();
+        loop {
+            let now = std::time::Instant::now();
+            while due.peek().is_some_and(|d| d.at <= now) {
+                let _ = due.pop().map(|d| d.done.send(()));
+            }
+            due = match due.peek().map(|d| d.at - now) {
+                Some(wait) => self.changed.wait_timeout(due, wait).unwrap().0,
+                None => self.changed.wait(due).unwrap(),
+            };
+        }
+    }
+}
+
+fn precise_timer() -> &'static PreciseTimer {
+    static TIMER: std::sync::OnceLock<&'static PreciseTimer> = std::sync::OnceLock::new();
+    TIMER.get_or_init(|| {
+        let timer: &'static PreciseTimer = Box::leak(Box::new(PreciseTimer {
+            due: Mutex::new(std::collections::BinaryHeap::new()),
+            changed: std::sync::Condvar::new(),
+        }));
+        std::thread::Builder::new()
+            .name("kratos-stand-in-timer".into())
+            .spawn(move || timer.run())
+            .expect("timer thread");
+        timer
+    })
 }
