@@ -527,16 +527,24 @@ fn exchange_request(
 struct IdleResult {
     opened: usize,
     still_open: usize,
+    /// With every connection open and idle past Iris's park delay.
     rss_kib: u64,
+    /// The highest sample: right after the connections opened, or right after every one of
+    /// them sent its second request (all of them answered within the last second).
+    busy_rss_kib: u64,
     fds: usize,
     seconds: f64,
 }
 
+/// Iris parks a keep-alive connection idle this long (src/server/parking.rs PARK_IDLE_AFTER),
+/// plus a margin.
+const PARKED_AFTER: Duration = Duration::from_millis(2500);
+
 /// Opens `count` HTTP/1.1 connections to `addr`, one request each (Iris answers the discovery
-/// document itself), keeps them all open, samples Iris's RSS, then sends a second request on
-/// every connection (proving they stayed open) and samples again. Iris closes a connection that
-/// sends nothing for `serve.public.header_read_timeout` (10 s): the whole cycle stays well
-/// within that.
+/// document itself), samples Iris's RSS, keeps them all open and idle until Iris has parked
+/// them and samples again, then sends a second request on every connection (proving they stayed
+/// open) and samples right after. Iris closes a connection that sends nothing for
+/// `serve.public.header_read_timeout` (10 s): the whole cycle stays well within that.
 async fn idle_connections(addr: SocketAddr, count: usize, pid: u32) -> IdleResult {
     use http_body_util::{BodyExt, Empty};
     type Sender = hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>;
@@ -578,7 +586,9 @@ async fn idle_connections(addr: SocketAddr, count: usize, pid: u32) -> IdleResul
         }
     }
     let opened = senders.len();
-    let mut rss = proc_status_kib(pid, "VmRSS");
+    let mut busy_rss = proc_status_kib(pid, "VmRSS");
+    tokio::time::sleep(PARKED_AFTER).await;
+    let rss = proc_status_kib(pid, "VmRSS");
     let mut fds = open_fds(pid);
     // Second round: every connection is still open and usable (keep-alive, not reconnects).
     let mut rounds = Vec::with_capacity(opened);
@@ -595,7 +605,7 @@ async fn idle_connections(addr: SocketAddr, count: usize, pid: u32) -> IdleResul
             alive.push(sender);
         }
     }
-    rss = rss.max(proc_status_kib(pid, "VmRSS"));
+    busy_rss = busy_rss.max(proc_status_kib(pid, "VmRSS"));
     fds = fds.max(open_fds(pid));
     let seconds = started.elapsed().as_secs_f64();
     let still_open = alive.len();
@@ -604,6 +614,7 @@ async fn idle_connections(addr: SocketAddr, count: usize, pid: u32) -> IdleResul
         opened,
         still_open,
         rss_kib: rss,
+        busy_rss_kib: busy_rss,
         fds,
         seconds,
     }
@@ -1162,11 +1173,12 @@ fn report(s: &Settings, nofile: u64, tools: &str, rows: &[Row], mem: Memory) -> 
         let met = held.still_open >= s.idle_connections && mib(held.rss_kib) < 100.0;
         let _ = writeln!(
             out,
-            "| < 100 MB resident with {} keep-alive connections | {:.1} MiB with {} open ({} fds); idle {:.1} MiB | {} |",
+            "| < 100 MB resident with {} keep-alive connections | {:.1} MiB with {} open and idle ({} fds); {:.1} MiB right after all of them sent a request; no connections {:.1} MiB | {} |",
             s.idle_connections,
             mib(held.rss_kib),
             held.still_open,
             held.fds,
+            mib(held.busy_rss_kib),
             mib(mem.idle_rss),
             verdict(met),
         );
@@ -1182,16 +1194,19 @@ fn report(s: &Settings, nofile: u64, tools: &str, rows: &[Row], mem: Memory) -> 
     let _ = writeln!(
         out,
         "\nMemory (VmRSS of the Iris in front of Hydra): idle {:.1} MiB ({} fds); {} keep-alive \
-         connections opened in {:.1} s, {} still open after a second request each: {:.1} MiB, \
-         {} fds; {:.1} MiB once they closed; {:.1} MiB after every load run. Peak (VmHWM): \
-         {:.1} MiB with the cache, {:.1} MiB without.",
+         connections opened, {:.1} s idle (parked) {:.1} MiB, {} fds; {} still open after a \
+         second request each, {:.1} MiB at the busier of the two moments all had just been \
+         answered; {:.1} s for the cycle; {:.1} MiB once they closed; {:.1} MiB after every load \
+         run. Peak (VmHWM): {:.1} MiB with the cache, {:.1} MiB without.",
         mib(mem.idle_rss),
         mem.idle_fds,
         held.opened,
-        held.seconds,
-        held.still_open,
+        PARKED_AFTER.as_secs_f64(),
         mib(held.rss_kib),
         held.fds,
+        held.still_open,
+        mib(held.busy_rss_kib),
+        held.seconds,
         mib(mem.after_close_rss),
         mib(mem.end_rss),
         mib(mem.peak_cached),

@@ -7,6 +7,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -44,6 +45,22 @@ pub struct UpstreamLabels {
     pub operation: &'static str,
 }
 
+/// The listener a connection came in on.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `public` or `admin`.
+    pub listener: &'static str,
+}
+
+/// One listener's connection gauges.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionGauges {
+    /// Connections open.
+    pub open: Gauge,
+    /// Idle keep-alive connections parked without buffers (a subset of `open`).
+    pub parked: Gauge,
+}
+
 /// Iris's metrics and their registry.
 pub struct Metrics {
     registry: Registry,
@@ -51,6 +68,8 @@ pub struct Metrics {
     request_duration: Family<RouteLabels, Histogram>,
     exchanges: Family<ExchangeLabels, Counter>,
     upstream_duration: Family<UpstreamLabels, Histogram>,
+    open_connections: Family<ListenerLabels, Gauge>,
+    parked_connections: Family<ListenerLabels, Gauge>,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -96,12 +115,35 @@ impl Metrics {
             "Latency of calls to Kratos and Hydra",
             upstream_duration.clone(),
         );
+        let open_connections = Family::<ListenerLabels, Gauge>::default();
+        let parked_connections = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "open_connections",
+            "Client connections open, by listener",
+            open_connections.clone(),
+        );
+        registry.register(
+            "parked_connections",
+            "Idle keep-alive connections parked without buffers, by listener",
+            parked_connections.clone(),
+        );
         Metrics {
             registry,
             requests,
             request_duration,
             exchanges,
             upstream_duration,
+            open_connections,
+            parked_connections,
+        }
+    }
+
+    /// The connection gauges of `listener` (`public` or `admin`).
+    pub fn connections(&self, listener: &'static str) -> ConnectionGauges {
+        let labels = ListenerLabels { listener };
+        ConnectionGauges {
+            open: self.open_connections.get_or_create(&labels).clone(),
+            parked: self.parked_connections.get_or_create(&labels).clone(),
         }
     }
 

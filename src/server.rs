@@ -26,11 +26,13 @@ use crate::handlers;
 use crate::hydra::{Hydra, HydraError};
 use crate::keys::{KeyError, KeySet};
 use crate::kratos::{CachingResolver, KratosClient, SessionResolver};
-use crate::metrics::Metrics;
+use crate::metrics::{ConnectionGauges, Metrics};
 use crate::proxy::{Proxy, ProxyError};
 use crate::store::{MemoryStore, OneTimeStore};
 use crate::tokens::Minter;
 use crate::upstream::Roots;
+
+mod parking;
 
 /// The body type of every response: fixed bodies now, streamed ones for pass-through later.
 pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
@@ -370,19 +372,33 @@ pub async fn serve(
     let (stop, stopped) = watch::channel(false);
     let public_app = app.clone();
     let public_limits = app.public_limits.clone();
-    let public_loop = accept_loop(public, stopped.clone(), public_limits, move |req, peer| {
-        let app = public_app.clone();
-        async move { Ok::<_, Infallible>(handlers::public(&app, req, peer).await) }
-    });
+    let public_gauges = app.metrics.connections("public");
+    let public_loop = accept_loop(
+        public,
+        stopped.clone(),
+        public_limits,
+        public_gauges,
+        move |req, peer| {
+            let app = public_app.clone();
+            async move { Ok::<_, Infallible>(handlers::public(&app, req, peer).await) }
+        },
+    );
     let admin_app = app.clone();
     let admin_limits = ListenerLimits {
         tls: None,
         ..app.public_limits.clone()
     };
-    let admin_loop = accept_loop(admin, stopped, admin_limits, move |req, _peer| {
-        let app = admin_app.clone();
-        async move { Ok::<_, Infallible>(handlers::admin(&app, req).await) }
-    });
+    let admin_gauges = app.metrics.connections("admin");
+    let admin_loop = accept_loop(
+        admin,
+        stopped,
+        admin_limits,
+        admin_gauges,
+        move |req, _peer| {
+            let app = admin_app.clone();
+            async move { Ok::<_, Infallible>(handlers::admin(&app, req).await) }
+        },
+    );
     let trigger = async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining in-flight requests");
@@ -502,14 +518,16 @@ async fn accept_loop<H, F>(
     listener: TcpListener,
     mut stopped: watch::Receiver<bool>,
     limits: ListenerLimits,
+    gauges: ConnectionGauges,
     handler: H,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + Unpin + 'static,
     F: Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
 {
     let builders = Arc::new(Builders::new(&limits));
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let stopping = stopped.clone();
     let mut stop = std::pin::pin!(async move {
         while !*stopped.borrow_and_update() {
             if stopped.changed().await.is_err() {
@@ -544,17 +562,38 @@ async fn accept_loop<H, F>(
         let tls = limits.tls.clone();
         // A client gets this long to complete the TLS handshake or send its first bytes.
         let first_bytes_timeout = limits.header_read_timeout;
+        let stopping = stopping.clone();
+        let gauges = gauges.clone();
+        gauges.open.inc();
         tokio::spawn(async move {
             let _permit = permit;
+            let _open = OpenConnection(&gauges.open);
             let connection = match tls {
                 None => {
-                    let Ok(protocol) =
-                        tokio::time::timeout(first_bytes_timeout, sniff(&stream)).await
-                    else {
+                    // Boxed: the wait would otherwise size the task of every connection for
+                    // its whole life.
+                    let first_bytes =
+                        Box::pin(tokio::time::timeout(first_bytes_timeout, sniff(&stream)));
+                    let Ok(protocol) = first_bytes.await else {
                         tracing::debug!("no request before serve.public.header_read_timeout");
                         return;
                     };
-                    builders.connection(stream, protocol, handler, peer, watcher)
+                    if protocol == Protocol::Http1 {
+                        Box::pin(parking::serve(
+                            stream,
+                            &builders.http1,
+                            handler,
+                            peer,
+                            parking::Stopping {
+                                signal: stopping,
+                                _watcher: watcher,
+                            },
+                            first_bytes_timeout,
+                            gauges.parked.clone(),
+                        ))
+                    } else {
+                        builders.connection(stream, protocol, handler, peer, watcher)
+                    }
                 }
                 Some(acceptor) => {
                     // Boxed: the handshake state is large, and inline it would size every
@@ -579,6 +618,8 @@ async fn accept_loop<H, F>(
                     }
                 }
             };
+            // Awaited here, outside the matches: their scrutinees (a TLS stream among them)
+            // would otherwise stay in this task for the connection's whole life.
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "connection ended with an error");
             }
@@ -590,6 +631,15 @@ async fn accept_loop<H, F>(
         .is_err()
     {
         tracing::warn!("grace period over; closing the remaining connections");
+    }
+}
+
+/// Counts a connection as open until its task ends, however it ends.
+struct OpenConnection<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -566,3 +566,185 @@ async fn sigint_stops_cleanly() {
     let status = Served::start(config(&kratos)).stop_with("-INT").await;
     assert!(status.success(), "exit status {status}");
 }
+
+// === Idle keep-alive connections are parked ===
+
+/// One HTTP/1.1 keep-alive connection to Iris's public listener; every request sent through the
+/// returned sender goes over this one socket.
+async fn one_connection(
+    iris: &TestIris,
+) -> hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let stream = tokio::net::TcpStream::connect(iris.addr).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+/// GET the discovery document over `sender`; the status and the issuer.
+async fn discovery_over(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    iris: &TestIris,
+) -> (u16, serde_json::Value) {
+    use http_body_util::BodyExt;
+    let request = hyper::Request::get("/.well-known/openid-configuration")
+        .header("host", iris.addr.to_string())
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+/// Scrapes until `series` reads `value`; panics after 10 s (a hang guard, not a timing check).
+async fn until_gauge(iris: &TestIris, series: &str, value: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let current = sample(&scrape(iris).await, series);
+        if current == value {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} stayed at {current}, expected {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const PARKED: &str = r#"iris_parked_connections{listener="public"}"#;
+const OPEN: &str = r#"iris_open_connections{listener="public"}"#;
+
+/// A keep-alive connection idle for a while is parked (hyper's buffers released) and serves its
+/// next request on the same socket.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_parked_and_serves_its_next_request() {
+    let (_kratos, iris) = start_with_alice().await;
+    let mut sender = one_connection(&iris).await;
+    assert_eq!(discovery_over(&mut sender, &iris).await.0, 200);
+    until_gauge(&iris, PARKED, 1.0).await;
+    assert_eq!(sample(&scrape(&iris).await, OPEN), 1.0);
+    let (status, document) = discovery_over(&mut sender, &iris).await;
+    assert_eq!(status, 200);
+    assert_eq!(document["issuer"], format!("{}/", iris.url()));
+    assert_eq!(
+        sample(&scrape(&iris).await, PARKED),
+        0.0,
+        "woken by its request"
+    );
+    // And parked again once idle.
+    until_gauge(&iris, PARKED, 1.0).await;
+    drop(sender);
+    until_gauge(&iris, OPEN, 0.0).await;
+    assert_eq!(sample(&scrape(&iris).await, PARKED), 0.0);
+}
+
+/// A request head that is half read when its connection is parked loses none of its bytes.
+#[tokio::test]
+async fn a_request_split_across_the_park_is_served() {
+    let (_kratos, iris) = start_with_alice().await;
+    let mut stream = tokio::net::TcpStream::connect(iris.addr).await.unwrap();
+    let request = format!(
+        "GET /.well-known/openid-configuration HTTP/1.1\r\nHost: {}\r\n\r\n",
+        iris.addr
+    );
+    // A first exchange: hyper parks only between exchanges.
+    stream
+        .write_all(format!("GET /nope HTTP/1.1\r\nHost: {}\r\n\r\n", iris.addr).as_bytes())
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 512];
+    let n = stream.read(&mut head).await.unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 404"));
+    let (first, rest) = request.split_at(30);
+    stream.write_all(first.as_bytes()).await.unwrap();
+    // Past PARK_IDLE_AFTER (1 s): hyper has read the first half when the connection is parked.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stream.write_all(rest.as_bytes()).await.unwrap();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut head)).await;
+    let n = read.expect("answered").unwrap();
+    assert!(
+        String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head[..n])
+    );
+}
+
+/// A first request head that trickles in for longer than the park delay is answered on a
+/// connection that stays open: only connections between exchanges are parked.
+#[tokio::test]
+async fn a_slow_first_request_keeps_its_connection() {
+    let (_kratos, iris) = start_with_alice().await;
+    let mut stream = tokio::net::TcpStream::connect(iris.addr).await.unwrap();
+    let request = format!(
+        "GET /.well-known/openid-configuration HTTP/1.1\r\nHost: {}\r\n\r\n",
+        iris.addr
+    );
+    let (first, rest) = request.split_at(30);
+    stream.write_all(first.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stream.write_all(rest.as_bytes()).await.unwrap();
+    let mut head = vec![0u8; 512];
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut head)).await;
+    let head = String::from_utf8_lossy(&head[..read.expect("answered").unwrap()]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+}
+
+/// A parked connection still ends after serve.public.header_read_timeout without a request.
+#[tokio::test]
+async fn a_parked_connection_is_closed_after_the_header_read_timeout() {
+    let kratos = Kratos::start().await;
+    let mut raw = config(&kratos);
+    raw.serve.public.header_read_timeout = GoDuration(Duration::from_secs(2));
+    let iris = TestIris::start(raw).await;
+    let mut stream = tokio::net::TcpStream::connect(iris.addr).await.unwrap();
+    stream
+        .write_all(format!("GET /nope HTTP/1.1\r\nHost: {}\r\n\r\n", iris.addr).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"));
+    until_gauge(&iris, PARKED, 1.0).await;
+    // Hang guard only: the idle timeout must close it first.
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the idle connection was not closed: {read:?}"
+    );
+    until_gauge(&iris, OPEN, 0.0).await;
+}
+
+/// Shutdown closes parked connections at once: they have no request to drain.
+#[tokio::test]
+async fn shutdown_closes_parked_connections() {
+    let kratos = Kratos::start().await;
+    let mut raw = config(&kratos);
+    // Longer than the hang guard below: only the shutdown can close the connection in time.
+    raw.serve.public.header_read_timeout = GoDuration(Duration::from_secs(120));
+    raw.serve.shutdown_grace = GoDuration(Duration::from_secs(120));
+    let iris = TestIris::start(raw).await;
+    let mut stream = tokio::net::TcpStream::connect(iris.addr).await.unwrap();
+    stream
+        .write_all(format!("GET /nope HTTP/1.1\r\nHost: {}\r\n\r\n", iris.addr).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"));
+    until_gauge(&iris, PARKED, 1.0).await;
+    let stopped = tokio::spawn(iris.stop());
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the parked connection outlived the shutdown: {read:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(30), stopped)
+        .await
+        .expect("the server stopped without waiting out the grace period")
+        .unwrap();
+}
