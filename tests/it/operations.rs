@@ -28,6 +28,8 @@ struct Served {
     pid: String,
     /// The public listener's address.
     public: String,
+    /// The lines it writes to stderr after `listening`.
+    lines: std::sync::mpsc::Receiver<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -67,21 +69,38 @@ impl Served {
             child: KillOnDrop(Some(child)),
             pid,
             public,
+            lines: rx,
             _dir: dir,
         }
     }
 
     /// Sends `signal` (`-TERM`, `-INT`) and waits for the exit status.
-    async fn stop_with(mut self, signal: &str) -> std::process::ExitStatus {
+    async fn stop_with(self, signal: &str) -> std::process::ExitStatus {
+        self.stop_and_read(signal).await.0
+    }
+
+    /// As [`Served::stop_with`], with every JSON line it wrote to stderr after `listening`.
+    async fn stop_and_read(
+        mut self,
+        signal: &str,
+    ) -> (std::process::ExitStatus, Vec<serde_json::Value>) {
         Command::new("kill")
             .args([signal, &self.pid])
             .status()
             .unwrap();
         let mut child = self.child.0.take().unwrap();
-        tokio::task::spawn_blocking(move || child.wait())
-            .await
-            .unwrap()
-            .unwrap()
+        let lines = self.lines;
+        tokio::task::spawn_blocking(move || {
+            let status = child.wait().unwrap();
+            // The reader thread ends at EOF, once the process and its pipe are gone.
+            let lines = lines
+                .iter()
+                .map(|line| serde_json::from_str(&line).unwrap_or_default())
+                .collect();
+            (status, lines)
+        })
+        .await
+        .unwrap()
     }
 }
 
@@ -444,12 +463,24 @@ async fn sigterm_drains_in_flight_exchanges() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(kratos.calls(), 50, "all 50 exchanges are in flight");
-    let stopping = tokio::spawn(served.stop_with("-TERM"));
+    let stopping = tokio::spawn(served.stop_and_read("-TERM"));
     for request in in_flight {
         assert_eq!(request.await.unwrap().expect("answered"), 200);
     }
-    let status = stopping.await.unwrap();
+    let (status, lines) = stopping.await.unwrap();
     assert!(status.success(), "exit status {status}");
+    // Every exchange left its audit line before the process exited, and the drain was logged.
+    let audits = lines
+        .iter()
+        .filter(|l| l["target"] == "iris::audit")
+        .count();
+    assert_eq!(audits, 50, "audit lines: {lines:?}");
+    assert!(
+        lines.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("shutting down"))),
+        "{lines:?}"
+    );
     // New connections are refused once it is gone.
     assert!(http().post(url).body(body).send().await.is_err());
 }
