@@ -413,13 +413,7 @@ async fn a_silent_connection_is_closed() {
     raw.serve.public.header_read_timeout = GoDuration(Duration::from_secs(1));
     let iris = TestIris::start(raw).await;
     let mut silent = tokio::net::TcpStream::connect(iris.addr).await.unwrap();
-    let mut buf = [0u8; 64];
-    // Hang guard only: the server's timeout must close it first.
-    let read = tokio::time::timeout(Duration::from_secs(30), silent.read(&mut buf)).await;
-    assert!(
-        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
-        "the silent connection was not closed: {read:?}"
-    );
+    assert_closed_by_iris(&mut silent, "the silent connection").await;
 }
 
 /// Shutdown: 50 exchanges in flight against a slow Kratos, SIGTERM to the real binary: every one
@@ -646,6 +640,29 @@ async fn until_gauge(iris: &TestIris, series: &str, value: f64) {
     }
 }
 
+/// A raw connection to Iris that has had one exchange (a 404) and is now idle.
+async fn answered_once(iris: &TestIris) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(iris.addr).await.unwrap();
+    stream
+        .write_all(format!("GET /nope HTTP/1.1\r\nHost: {}\r\n\r\n", iris.addr).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"));
+    stream
+}
+
+/// Iris closes `stream` (EOF or reset); the 30 s timeout is a hang guard only.
+async fn assert_closed_by_iris(stream: &mut tokio::net::TcpStream, what: &str) {
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "{what} was not closed: {read:?}"
+    );
+}
+
 const PARKED: &str = r#"iris_parked_connections{listener="public"}"#;
 const OPEN: &str = r#"iris_open_connections{listener="public"}"#;
 
@@ -673,35 +690,31 @@ async fn an_idle_keep_alive_connection_is_parked_and_serves_its_next_request() {
     assert_eq!(sample(&scrape(&iris).await, PARKED), 0.0);
 }
 
-/// A request head that is half read when its connection is parked loses none of its bytes.
-#[tokio::test]
-async fn a_request_split_across_the_park_is_served() {
-    let (_kratos, iris) = start_with_alice().await;
-    let mut stream = tokio::net::TcpStream::connect(iris.addr).await.unwrap();
+/// Sends a discovery request on `stream` in two parts 1.5 s apart (longer than
+/// PARK_IDLE_AFTER) and returns the head of the answer, lower-cased.
+async fn discovery_in_two_parts(stream: &mut tokio::net::TcpStream, iris: &TestIris) -> String {
     let request = format!(
         "GET /.well-known/openid-configuration HTTP/1.1\r\nHost: {}\r\n\r\n",
         iris.addr
     );
-    // A first exchange: hyper parks only between exchanges.
-    stream
-        .write_all(format!("GET /nope HTTP/1.1\r\nHost: {}\r\n\r\n", iris.addr).as_bytes())
-        .await
-        .unwrap();
-    let mut head = vec![0u8; 512];
-    let n = stream.read(&mut head).await.unwrap();
-    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 404"));
     let (first, rest) = request.split_at(30);
     stream.write_all(first.as_bytes()).await.unwrap();
-    // Past PARK_IDLE_AFTER (1 s): hyper has read the first half when the connection is parked.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stream.write_all(rest.as_bytes()).await.unwrap();
+    let mut head = vec![0u8; 512];
     let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut head)).await;
-    let n = read.expect("answered").unwrap();
-    assert!(
-        String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&head[..n])
-    );
+    String::from_utf8_lossy(&head[..read.expect("answered").unwrap()]).to_lowercase()
+}
+
+/// A request head that is half read when its connection is parked loses none of its bytes.
+#[tokio::test]
+async fn a_request_split_across_the_park_is_served() {
+    let (_kratos, iris) = start_with_alice().await;
+    // A first exchange: hyper parks only between exchanges. Then hyper has read the first part
+    // of the next request when the connection is parked.
+    let mut stream = answered_once(&iris).await;
+    let head = discovery_in_two_parts(&mut stream, &iris).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
 }
 
 /// A first request head that trickles in for longer than the park delay is answered on a
@@ -710,17 +723,7 @@ async fn a_request_split_across_the_park_is_served() {
 async fn a_slow_first_request_keeps_its_connection() {
     let (_kratos, iris) = start_with_alice().await;
     let mut stream = tokio::net::TcpStream::connect(iris.addr).await.unwrap();
-    let request = format!(
-        "GET /.well-known/openid-configuration HTTP/1.1\r\nHost: {}\r\n\r\n",
-        iris.addr
-    );
-    let (first, rest) = request.split_at(30);
-    stream.write_all(first.as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    stream.write_all(rest.as_bytes()).await.unwrap();
-    let mut head = vec![0u8; 512];
-    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut head)).await;
-    let head = String::from_utf8_lossy(&head[..read.expect("answered").unwrap()]).to_lowercase();
+    let head = discovery_in_two_parts(&mut stream, &iris).await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(!head.contains("connection: close"), "{head}");
 }
@@ -732,21 +735,9 @@ async fn a_parked_connection_is_closed_after_the_header_read_timeout() {
     let mut raw = config(&kratos);
     raw.serve.public.header_read_timeout = GoDuration(Duration::from_secs(2));
     let iris = TestIris::start(raw).await;
-    let mut stream = tokio::net::TcpStream::connect(iris.addr).await.unwrap();
-    stream
-        .write_all(format!("GET /nope HTTP/1.1\r\nHost: {}\r\n\r\n", iris.addr).as_bytes())
-        .await
-        .unwrap();
-    let mut buf = [0u8; 512];
-    let n = stream.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"));
+    let mut stream = answered_once(&iris).await;
     until_gauge(&iris, PARKED, 1.0).await;
-    // Hang guard only: the idle timeout must close it first.
-    let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await;
-    assert!(
-        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
-        "the idle connection was not closed: {read:?}"
-    );
+    assert_closed_by_iris(&mut stream, "the idle connection").await;
     until_gauge(&iris, OPEN, 0.0).await;
 }
 
@@ -759,21 +750,10 @@ async fn shutdown_closes_parked_connections() {
     raw.serve.public.header_read_timeout = GoDuration(Duration::from_secs(120));
     raw.serve.shutdown_grace = GoDuration(Duration::from_secs(120));
     let iris = TestIris::start(raw).await;
-    let mut stream = tokio::net::TcpStream::connect(iris.addr).await.unwrap();
-    stream
-        .write_all(format!("GET /nope HTTP/1.1\r\nHost: {}\r\n\r\n", iris.addr).as_bytes())
-        .await
-        .unwrap();
-    let mut buf = [0u8; 512];
-    let n = stream.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"));
+    let mut stream = answered_once(&iris).await;
     until_gauge(&iris, PARKED, 1.0).await;
     let stopped = tokio::spawn(iris.stop());
-    let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await;
-    assert!(
-        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
-        "the parked connection outlived the shutdown: {read:?}"
-    );
+    assert_closed_by_iris(&mut stream, "the parked connection, at shutdown,").await;
     tokio::time::timeout(Duration::from_secs(30), stopped)
         .await
         .expect("the server stopped without waiting out the grace period")
