@@ -17,7 +17,9 @@
 //! BENCH_QUIET (1: request logging off in Iris and nginx; default on in both, to files),
 //! BENCH_ONLY (comma-separated groups to run: pass-through, exchange, latency; default all;
 //! BENCH_IDLE_CONNECTIONS=0 skips the memory step), BENCH_OUT (also write the Markdown report
-//! there), IRIS_BIN (default target/release/iris).
+//! there), IRIS_BIN (default target/release/iris), IRIS_BIN_COMPARE (another build of Iris, say
+//! of the previous commit: it runs beside the first, with the session cache, and gets its own
+//! pass-through and cached-exchange rows in every round, for an A/B within one run).
 
 #[path = "../tests/support/hydra.rs"]
 mod hydra;
@@ -77,6 +79,8 @@ struct Settings {
     quiet: bool,
     root: PathBuf,
     iris_bin: PathBuf,
+    /// IRIS_BIN_COMPARE: a second build measured beside the first.
+    compare_bin: Option<PathBuf>,
 }
 
 impl Settings {
@@ -104,6 +108,7 @@ impl Settings {
             quiet: num("BENCH_QUIET", 0) == 1,
             root,
             iris_bin,
+            compare_bin: std::env::var_os("IRIS_BIN_COMPARE").map(PathBuf::from),
         }
     }
 }
@@ -698,7 +703,7 @@ async fn run(s: Settings, nofile: u64) -> String {
     );
 
     // Iris, twice: with the session cache (and the pass-through), and without a cache.
-    let start_iris = |name: &'static str, cache_ttl: &str| {
+    let start_iris = |name: &'static str, cache_ttl: &str, bin: &Path| {
         let (public, admin) = (free_port(), free_port());
         let config = dir.join(format!("{name}.yaml"));
         std::fs::write(
@@ -717,17 +722,19 @@ async fn run(s: Settings, nofile: u64) -> String {
         let log = dir.join(format!("{name}.log"));
         let proc = Proc::spawn(
             name,
-            Command::new(&s.iris_bin)
-                .arg("serve")
-                .arg("-c")
-                .arg(&config),
+            Command::new(bin).arg("serve").arg("-c").arg(&config),
             &log,
         );
         (proc, public, admin, log)
     };
-    let (mut iris_cached, cached_port, cached_admin, cached_log) = start_iris("iris-cached", "5m");
+    let (mut iris_cached, cached_port, cached_admin, cached_log) =
+        start_iris("iris-cached", "5m", &s.iris_bin);
     let (mut iris_uncached, uncached_port, uncached_admin, uncached_log) =
-        start_iris("iris-uncached", "0s");
+        start_iris("iris-uncached", "0s", &s.iris_bin);
+    let mut compare = s
+        .compare_bin
+        .as_deref()
+        .map(|bin| start_iris("iris-compare", "5m", bin));
 
     let nginx_port = free_port();
     let nginx_conf = dir.join("nginx.conf");
@@ -766,12 +773,19 @@ async fn run(s: Settings, nofile: u64) -> String {
     let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     wait_listening(loopback(cached_port), &mut iris_cached, &cached_log).await;
     wait_listening(loopback(uncached_port), &mut iris_uncached, &uncached_log).await;
+    if let Some((proc, port, _, log)) = &mut compare {
+        wait_listening(loopback(*port), proc, log).await;
+    }
     wait_listening(loopback(nginx_port), &mut nginx, &nginx_log).await;
     wait_listening(loopback(node_port), &mut node, &node_log).await;
 
     // Every target answers correctly before it is measured.
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    for admin in [cached_admin, uncached_admin] {
+    let compare_admin = compare.as_ref().map(|(_, _, admin, _)| *admin);
+    for admin in [cached_admin, uncached_admin]
+        .into_iter()
+        .chain(compare_admin)
+    {
         let ready = format!("http://127.0.0.1:{admin}/health/ready");
         let deadline = Instant::now() + Duration::from_secs(20);
         while !http
@@ -838,6 +852,28 @@ async fn run(s: Settings, nofile: u64) -> String {
         connections,
         server,
     };
+    let compare_steps = compare.as_ref().map(|(proc, port, _, _)| {
+        let pass = format!("http://127.0.0.1:{port}/health/alive");
+        let token = format!("http://127.0.0.1:{port}/oauth2/token");
+        [
+            step(
+                "pass-through",
+                "Iris (IRIS_BIN_COMPARE)",
+                &pass,
+                Mode::Get,
+                c,
+                Some(proc.pid()),
+            ),
+            step(
+                "exchange",
+                "Iris, cache hits (IRIS_BIN_COMPARE)",
+                &token,
+                Mode::Exchange,
+                c,
+                Some(proc.pid()),
+            ),
+        ]
+    });
     let plan = [
         step(
             "pass-through",
@@ -930,7 +966,11 @@ async fn run(s: Settings, nofile: u64) -> String {
     ];
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let wanted = |group: &str| only.is_empty() || only.split(',').any(|g| g.trim() == group);
-    let steps: Vec<Step> = plan.into_iter().filter(|step| wanted(step.group)).collect();
+    let steps: Vec<Step> = plan
+        .into_iter()
+        .chain(compare_steps.into_iter().flatten())
+        .filter(|step| wanted(step.group))
+        .collect();
     // Every step runs once per round, the rounds one after another, so a slow spell of the
     // machine hits every target alike; each row is the round with the median throughput.
     let mut runs: Vec<Vec<Measured>> = steps.iter().map(|_| Vec::new()).collect();
@@ -972,6 +1012,9 @@ async fn run(s: Settings, nofile: u64) -> String {
         .collect();
     iris_cached.check_running(&cached_log);
     iris_uncached.check_running(&uncached_log);
+    if let Some((proc, _, _, log)) = &mut compare {
+        proc.check_running(log);
+    }
     let peak_cached = proc_status_kib(cached_pid, "VmHWM");
     let peak_uncached = proc_status_kib(iris_uncached.pid(), "VmHWM");
     let end_rss = proc_status_kib(cached_pid, "VmRSS");

@@ -1,7 +1,6 @@
 //! Thin HTTP adapters: they turn hyper requests into domain input and domain results into
 //! responses, and write the request and audit log lines. No policy lives here.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -27,7 +26,7 @@ use crate::exchange::{self, AuditRecord, ExchangeError, ExchangeInput, Form};
 use crate::hydra;
 use crate::oauth::OAuthError;
 use crate::proxy::ForwardBody;
-use crate::server::{App, Front, ResponseBody, limits};
+use crate::server::{App, Front, Peer, ResponseBody, limits};
 use crate::telemetry::{self, RequestContext};
 
 const JSON: &str = "application/json";
@@ -41,7 +40,7 @@ const X_REQUESTED_WITH: http::header::HeaderName =
 pub async fn public(
     app: &App,
     mut request: Request<Incoming>,
-    peer: SocketAddr,
+    peer: Peer,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     let method = request.method().clone();
@@ -68,7 +67,7 @@ pub async fn public(
     let route = route_of(app, &method, &path);
     let routed = telemetry::in_request(
         context,
-        tokio::time::timeout(app.request_timeout, dispatch(app, route, request, peer)),
+        tokio::time::timeout(app.request_timeout, dispatch(app, route, request, &peer)),
     );
     let mut response = match routed.await {
         Ok(response) => response,
@@ -123,7 +122,7 @@ async fn dispatch(
     app: &App,
     route: &'static str,
     request: Request<Incoming>,
-    peer: SocketAddr,
+    peer: &Peer,
 ) -> Response<ResponseBody> {
     // The token, bridge and pass-through futures are boxed: inline, the request future would be
     // as large as the largest route's (about 14 KB) and be copied that large on every move.
@@ -239,7 +238,7 @@ async fn discovery(app: &App, path: &str) -> Response<ResponseBody> {
 
 /// `/oauth2/token`. Iris reads the form once: a token exchange is Iris's, every other grant
 /// goes to Hydra byte for byte (standalone: `unsupported_grant_type`).
-async fn token(app: &App, request: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+async fn token(app: &App, request: Request<Incoming>, peer: &Peer) -> Response<ResponseBody> {
     let fronting_hydra = matches!(app.front, Front::Hydra { .. });
     let is_form_post =
         request.method() == Method::POST && is_form(request.headers().get(CONTENT_TYPE));
@@ -420,13 +419,16 @@ async fn forward_token_request(
     app: &App,
     parts: http::request::Parts,
     body: Bytes,
-    peer: SocketAddr,
+    peer: &Peer,
 ) -> Response<ResponseBody> {
     let Front::Hydra { proxy, .. } = &app.front else {
         return not_found();
     };
     let body: ForwardBody = Full::new(body).map_err(|never| match never {}).boxed();
-    match proxy.forward(parts, body, peer).await {
+    match proxy
+        .forward(parts, body, peer.addr, peer.lane.as_ref())
+        .await
+    {
         Ok(response) => response,
         Err(error) => {
             tracing::warn!(%error, "Hydra is unreachable");
@@ -439,7 +441,7 @@ async fn forward_token_request(
 async fn pass_through(
     app: &App,
     request: Request<Incoming>,
-    peer: SocketAddr,
+    peer: &Peer,
 ) -> Response<ResponseBody> {
     let Front::Hydra { proxy, .. } = &app.front else {
         return not_found();
@@ -447,7 +449,9 @@ async fn pass_through(
     let on_token_endpoint = request.uri().path() == "/oauth2/token";
     let (parts, body) = request.into_parts();
     let started = Instant::now();
-    let forwarded = proxy.forward(parts, body.boxed(), peer).await;
+    let forwarded = proxy
+        .forward(parts, body.boxed(), peer.addr, peer.lane.as_ref())
+        .await;
     app.metrics
         .upstream("hydra", "pass_through", started.elapsed());
     match forwarded {

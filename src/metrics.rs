@@ -70,6 +70,7 @@ pub struct Metrics {
     upstream_duration: Family<UpstreamLabels, Histogram>,
     open_connections: Family<ListenerLabels, Gauge>,
     parked_connections: Family<ListenerLabels, Gauge>,
+    idle_upstreams: Gauge,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -127,6 +128,12 @@ impl Metrics {
             "Idle keep-alive connections parked without buffers, by listener",
             parked_connections.clone(),
         );
+        let idle_upstreams = Gauge::default();
+        registry.register(
+            "upstream_idle_connections",
+            "Idle connections to Hydra's public port, kept for the next client connection",
+            idle_upstreams.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -135,7 +142,13 @@ impl Metrics {
             upstream_duration,
             open_connections,
             parked_connections,
+            idle_upstreams,
         }
+    }
+
+    /// The gauge of idle upstream connections to Hydra's public port.
+    pub fn idle_upstreams(&self) -> Gauge {
+        self.idle_upstreams.clone()
     }
 
     /// The connection gauges of `listener` (`public` or `admin`).

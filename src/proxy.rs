@@ -1,6 +1,12 @@
 //! Pass-through to Hydra's public port: method, path, query, headers and body unchanged and
-//! streamed both ways over a pooled keep-alive client, minus hop-by-hop headers (RFC 9110
-//! §7.6.1), with `X-Forwarded-*` set by Iris and never taken from the client (BCP-7).
+//! streamed both ways over keep-alive connections, minus hop-by-hop headers (RFC 9110 §7.6.1),
+//! with `X-Forwarded-*` set by Iris and never taken from the client (BCP-7). A plain HTTP/1 client
+//! connection sends its requests on its own upstream connection ([`lane`]); the others share a
+//! pooled client.
+
+mod lane;
+
+pub use lane::{IdlePool, Lane, LaneError, MAX_IDLE_UPSTREAMS, UPSTREAM_IDLE_TIMEOUT};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +21,9 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus_client::metrics::gauge::Gauge;
 use rustls_pki_types::CertificateDer;
+use tower_service::Service;
 
 use crate::server::ResponseBody;
 
@@ -68,10 +76,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The pooled client to Hydra's public port.
+/// The connections to Hydra's public port.
 pub struct Proxy {
+    /// For client connections without a lane (HTTP/2, TLS).
     client: Client<HttpsConnector<HttpConnector>, ForwardBody>,
+    /// Opens the lanes' upstream connections (the pooled client has its own copy).
+    connector: HttpsConnector<HttpConnector>,
+    /// Upstream connections between lanes.
+    idle: Arc<IdlePool>,
     upstream: url::Url,
+    /// `scheme://authority/` of Hydra, what the connector dials.
+    origin: Uri,
+    /// Hydra's authority, the `Host` of a request that came without one (as hyper-util sets it).
+    host: HeaderValue,
     scheme: &'static str,
 }
 
@@ -81,6 +98,7 @@ impl Proxy {
         upstream: url::Url,
         scheme: &'static str,
         extra_roots: Vec<CertificateDer<'static>>,
+        idle_gauge: Gauge,
     ) -> Result<Self, ProxyError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -104,21 +122,33 @@ impl Proxy {
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
+            .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
+            .build(connector.clone());
+        let authority = authority(&upstream);
+        let origin = format!("{}://{authority}/", upstream.scheme())
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ProxyError::BadUri(e.to_string()))?;
+        let host =
+            HeaderValue::from_str(&authority).map_err(|e| ProxyError::BadUri(e.to_string()))?;
         Ok(Proxy {
             client,
+            connector,
+            idle: Arc::new(IdlePool::new(idle_gauge)),
             upstream,
+            origin,
+            host,
             scheme,
         })
     }
 
-    /// Forwards one request and streams the answer back.
+    /// Forwards one request, on the client connection's lane when it has one, and streams the
+    /// answer back.
     pub async fn forward(
         &self,
         mut parts: http::request::Parts,
         body: ForwardBody,
         peer: SocketAddr,
+        lane: Option<&Lane>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
             parts
@@ -126,8 +156,7 @@ impl Proxy {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        parts.uri = self.upstream_uri(&parts.uri)?;
-        // The pool speaks HTTP/1.1 to Hydra whatever the client spoke to Iris.
+        // Iris speaks HTTP/1.1 to Hydra whatever the client spoke to Iris.
         parts.version = Version::HTTP_11;
         let headers = &mut parts.headers;
         strip_hop_by_hop(headers);
@@ -140,29 +169,87 @@ impl Proxy {
         if let Some(host) = original_host {
             headers.insert(X_FORWARDED_HOST, host);
         }
-        let response = self
-            .client
-            .request(Request::from_parts(parts, body))
-            .await
-            .map_err(|e| ProxyError::Unreachable(e.to_string()))?;
+        let response = match lane {
+            Some(lane) => {
+                // What hyper-util's client does before it writes a request: origin-form, and
+                // Hydra's authority as `Host` when the client sent none (HTTP/2 has `:authority`).
+                parts.uri = self.upstream_path(&parts.uri)?;
+                if !parts.headers.contains_key(header::HOST) {
+                    parts.headers.insert(header::HOST, self.host.clone());
+                }
+                let request = Request::from_parts(parts, body);
+                lane::send(lane, &self.idle, || self.connect(), request)
+                    .await
+                    .map_err(|e| ProxyError::Unreachable(e.to_string()))?
+            }
+            None => {
+                parts.uri = self.upstream_uri(&parts.uri)?;
+                self.client
+                    .request(Request::from_parts(parts, body))
+                    .await
+                    .map_err(|e| ProxyError::Unreachable(e.to_string()))?
+            }
+        };
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, body.boxed()))
     }
 
+    /// A new upstream connection for a lane.
+    async fn connect(&self) -> Result<lane::Upstream, String> {
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(|e| e.to_string())?;
+        let stream = connector
+            .call(self.origin.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let (sender, connection) = hyper::client::conn::http1::Builder::new()
+            .handshake(stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(lane::Upstream::new(sender, connection))
+    }
+
+    /// The absolute URI of a request for the pooled client.
     fn upstream_uri(&self, original: &Uri) -> Result<Uri, ProxyError> {
-        let prefix = self.upstream.path().trim_end_matches('/');
-        let path_and_query = original.path_and_query().map_or("/", |pq| pq.as_str());
-        let authority = match self.upstream.port() {
-            Some(port) => format!("{}:{port}", self.upstream.host_str().unwrap_or_default()),
-            None => self.upstream.host_str().unwrap_or_default().to_owned(),
-        };
+        let path_and_query = self.prefixed(original);
         format!(
-            "{}://{authority}{prefix}{path_and_query}",
-            self.upstream.scheme()
+            "{}://{}{path_and_query}",
+            self.upstream.scheme(),
+            authority(&self.upstream)
         )
         .parse()
         .map_err(|e: http::uri::InvalidUri| ProxyError::BadUri(e.to_string()))
+    }
+
+    /// The origin-form URI of a request on a lane.
+    fn upstream_path(&self, original: &Uri) -> Result<Uri, ProxyError> {
+        if self.upstream.path() == "/" {
+            // No prefix: the path and query as they came, without re-parsing them.
+            return Ok(original
+                .path_and_query()
+                .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone())));
+        }
+        self.prefixed(original)
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ProxyError::BadUri(e.to_string()))
+    }
+
+    /// `public_url`'s path, then the request's path and query.
+    fn prefixed(&self, original: &Uri) -> String {
+        let prefix = self.upstream.path().trim_end_matches('/');
+        let path_and_query = original.path_and_query().map_or("/", |pq| pq.as_str());
+        format!("{prefix}{path_and_query}")
+    }
+}
+
+/// `host[:port]` of a URL, the port only when it is not the scheme's default.
+fn authority(url: &url::Url) -> String {
+    match url.port() {
+        Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_owned(),
     }
 }
 
@@ -201,6 +288,7 @@ mod tests {
             "http://hydra:4444/base/".parse().unwrap(),
             "http",
             Vec::new(),
+            Gauge::default(),
         )
         .unwrap();
         let uri = proxy

@@ -27,7 +27,7 @@ use crate::hydra::{Hydra, HydraError};
 use crate::keys::{KeyError, KeySet};
 use crate::kratos::{CachingResolver, KratosClient, SessionResolver};
 use crate::metrics::{ConnectionGauges, Metrics};
-use crate::proxy::{Proxy, ProxyError};
+use crate::proxy::{Lane, Proxy, ProxyError};
 use crate::store::{MemoryStore, OneTimeStore};
 use crate::tokens::Minter;
 use crate::upstream::Roots;
@@ -36,6 +36,15 @@ mod parking;
 
 /// The body type of every response: fixed bodies now, streamed ones for pass-through later.
 pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
+
+/// Who sent a request, and the client connection's lane to Hydra when it has one.
+#[derive(Clone)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// The upstream connection this client connection drives itself (plain HTTP/1 only).
+    pub lane: Option<Lane>,
+}
 
 /// Limits and timeouts of the listeners, in one place.
 pub mod limits {
@@ -184,6 +193,7 @@ impl App {
                         hydra_settings.public_url.clone(),
                         scheme,
                         roots.der,
+                        metrics.idle_upstreams(),
                     )?),
                     hydra,
                     issuer: settings.issuer.clone(),
@@ -491,12 +501,16 @@ impl Builders {
     ) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>
     where
         I: Stream + 'static,
-        H: Fn(Request<Incoming>, SocketAddr) -> F + Send + 'static,
+        H: Fn(Request<Incoming>, Peer) -> F + Send + 'static,
         F: Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
     {
         // Boxed: an idle keep-alive connection then holds a pointer, not a full-size
         // handler future (about 14 KB each, measured with 10 000 connections).
-        let service = service_fn(move |req| Box::pin(handler(req, peer)));
+        let peer = Peer {
+            addr: peer,
+            lane: None,
+        };
+        let service = service_fn(move |req| Box::pin(handler(req, peer.clone())));
         let io = TokioIo::new(io);
         match protocol {
             Protocol::Http1 => {
@@ -521,7 +535,7 @@ async fn accept_loop<H, F>(
     gauges: ConnectionGauges,
     handler: H,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + Unpin + 'static,
+    H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + Unpin + 'static,
     F: Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
 {
     let builders = Arc::new(Builders::new(&limits));

@@ -19,3 +19,4 @@ mod operations;
 mod policy;
 mod session_cache;
 mod tokens;
+mod upstream_connections;

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -578,6 +579,10 @@ pub struct Hydra {
     admin_addr: SocketAddr,
     state: Arc<Mutex<State>>,
     shutdown: Arc<Mutex<watch::Sender<bool>>>,
+    /// Connections accepted on the public port, across restarts (instrumentation, not Hydra).
+    public_connections: Arc<AtomicUsize>,
+    /// Public connections open right now.
+    open_public_connections: Arc<AtomicUsize>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -602,6 +607,8 @@ impl Hydra {
             admin_addr: admin.local_addr().expect("addr"),
             state: Arc::default(),
             shutdown: Arc::new(Mutex::new(tx)),
+            public_connections: Arc::default(),
+            open_public_connections: Arc::default(),
         };
         hydra.spawn(public, admin);
         hydra
@@ -625,6 +632,16 @@ impl Hydra {
         let public = bind_again(self.public_addr).await;
         let admin = bind_again(self.admin_addr).await;
         self.spawn(public, admin);
+    }
+
+    /// How many connections the public port has accepted since the stand-in started.
+    pub fn public_connections(&self) -> usize {
+        self.public_connections.load(Ordering::SeqCst)
+    }
+
+    /// How many public connections are open right now (a stopped stand-in drops its own).
+    pub fn open_public_connections(&self) -> usize {
+        self.open_public_connections.load(Ordering::SeqCst)
     }
 
     /// The public port's address.
@@ -2808,9 +2825,11 @@ async fn serve(listener: TcpListener, hydra: Hydra, port: Port, mut stop: watch:
             },
             _ = stop.wait_for(|stopped| *stopped) => return,
         };
+        let open = (port == Port::Public).then(|| OpenConnection::count(&hydra));
         let hydra = hydra.clone();
         let mut connection_stop = stop.clone();
         tokio::spawn(async move {
+            let _open = open;
             let service = hyper::service::service_fn(move |req| {
                 let hydra = hydra.clone();
                 async move {
@@ -2828,6 +2847,23 @@ async fn serve(listener: TcpListener, hydra: Hydra, port: Port, mut stop: watch:
                 _ = connection_stop.wait_for(|stopped| *stopped) => {}
             }
         });
+    }
+}
+
+/// Counts a public connection while it is open.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn count(hydra: &Hydra) -> Self {
+        hydra.public_connections.fetch_add(1, Ordering::SeqCst);
+        hydra.open_public_connections.fetch_add(1, Ordering::SeqCst);
+        OpenConnection(hydra.open_public_connections.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

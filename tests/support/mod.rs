@@ -354,3 +354,54 @@ pub fn now() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+/// The admin listener's `/metrics/prometheus` text.
+pub async fn scrape(iris: &TestIris) -> String {
+    let response = http()
+        .get(format!("http://{}/metrics/prometheus", iris.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
+/// The value of one sample line `name{labels} value`, 0 when absent.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// Scrapes until `series` reads `value`; panics after 10 s (a hang guard, not a timing check).
+pub async fn until_gauge(iris: &TestIris, series: &str, value: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let current = sample(&scrape(iris).await, series);
+        if current == value {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} stayed at {current}, expected {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One HTTP/1.1 keep-alive connection to Iris's public listener; every request sent through the
+/// returned sender goes over this one socket.
+pub async fn one_connection(
+    iris: &TestIris,
+) -> hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let stream = tokio::net::TcpStream::connect(iris.addr).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    sender
+}

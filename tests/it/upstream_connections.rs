@@ -1,0 +1,190 @@
+//! Iris's connections to Hydra's public port: a plain HTTP/1 client connection sends its requests
+//! on one upstream connection of its own (its lane), hands it to a bounded idle pool when it
+//! closes or parks, and a connection Hydra closed is replaced without the client seeing an error.
+//! Connections are counted by the Hydra stand-in (tests/support/hydra.rs).
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use serde_json::Value;
+
+use crate::support::hydra::Hydra;
+use crate::support::*;
+use iris::config::HydraConfig;
+
+const IDLE_UPSTREAMS: &str = "iris_upstream_idle_connections";
+
+/// Kratos, the Hydra stand-in and Iris in front of it.
+async fn front() -> (Kratos, Hydra, TestIris) {
+    let kratos = Kratos::start().await;
+    let hydra = Hydra::start().await;
+    let mut raw = config(&kratos);
+    raw.hydra = Some(HydraConfig {
+        public_url: hydra.public_url(),
+        admin_url: hydra.admin_url(),
+        ..Default::default()
+    });
+    let iris = TestIris::start(raw).await;
+    (kratos, hydra, iris)
+}
+
+/// A pass-through GET over `sender`: the status and the stand-in's echo of what Hydra saw.
+async fn userinfo_over(
+    sender: &mut SendRequest<Empty<bytes::Bytes>>,
+    iris: &TestIris,
+) -> (u16, Value) {
+    sender.ready().await.expect("the client connection is open");
+    let request = hyper::Request::get("/userinfo/lane?x=1")
+        .header("host", iris.addr.to_string())
+        .body(Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// Waits until the stand-in has `count` public connections open; panics after 10 s (a hang
+/// guard, not a timing check).
+async fn until_hydra_holds(hydra: &Hydra, count: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while hydra.open_public_connections() != count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Hydra holds {} public connections, expected {count}",
+            hydra.open_public_connections()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Twenty requests on one keep-alive client connection reach Hydra on one connection, each one
+/// as the client sent it (path, query, Host).
+#[tokio::test]
+async fn a_keep_alive_client_connection_uses_one_hydra_connection() {
+    let (_kratos, hydra, iris) = front().await;
+    let before = hydra.public_connections();
+    let mut client = one_connection(&iris).await;
+    for _ in 0..20 {
+        let (status, seen) = userinfo_over(&mut client, &iris).await;
+        assert_eq!(status, 200, "{seen}");
+        assert_eq!(seen["path"], "/userinfo/lane");
+        assert_eq!(seen["query"], "x=1");
+    }
+    assert_eq!(hydra.public_connections() - before, 1);
+    assert_eq!(hydra.count("/userinfo/lane"), 20);
+}
+
+/// A client connection that closes leaves its Hydra connection idle for the next one.
+#[tokio::test]
+async fn client_connections_in_turn_share_an_idle_hydra_connection() {
+    let (_kratos, hydra, iris) = front().await;
+    let before = hydra.public_connections();
+    let mut first = one_connection(&iris).await;
+    assert_eq!(userinfo_over(&mut first, &iris).await.0, 200);
+    drop(first);
+    until_gauge(&iris, IDLE_UPSTREAMS, 1.0).await;
+    let mut second = one_connection(&iris).await;
+    assert_eq!(userinfo_over(&mut second, &iris).await.0, 200);
+    assert_eq!(
+        hydra.public_connections() - before,
+        1,
+        "the second client connection took the idle one"
+    );
+    assert_eq!(
+        sample(&scrape(&iris).await, IDLE_UPSTREAMS),
+        0.0,
+        "held by the second client connection"
+    );
+}
+
+/// Hydra closing its side (a restart) between two requests of a client connection is not the
+/// client's problem: the next request goes on a new connection. While Hydra is down, the
+/// pass-through answers 502 and the token endpoint 503 (DESIGN.md §6).
+#[tokio::test]
+async fn a_hydra_restart_between_requests_is_not_an_error() {
+    let (_kratos, hydra, iris) = front().await;
+    let mut client = one_connection(&iris).await;
+    assert_eq!(userinfo_over(&mut client, &iris).await.0, 200);
+    hydra.stop();
+    until_hydra_holds(&hydra, 0).await;
+    assert_eq!(userinfo_over(&mut client, &iris).await.0, 502);
+    let token = post_form(
+        &iris,
+        &[("grant_type", "client_credentials")],
+        Auth::Basic("nobody", "x"),
+    )
+    .await;
+    token.assert_error(503, "temporarily_unavailable");
+    hydra.restart().await;
+    let (status, seen) = userinfo_over(&mut client, &iris).await;
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(hydra.count("/userinfo/lane"), 2);
+}
+
+/// An idle Hydra connection that Hydra closed while it sat in the pool is not handed out.
+#[tokio::test]
+async fn a_pooled_connection_hydra_closed_is_replaced() {
+    let (_kratos, hydra, iris) = front().await;
+    let mut first = one_connection(&iris).await;
+    assert_eq!(userinfo_over(&mut first, &iris).await.0, 200);
+    drop(first);
+    until_gauge(&iris, IDLE_UPSTREAMS, 1.0).await;
+    hydra.stop();
+    until_hydra_holds(&hydra, 0).await;
+    hydra.restart().await;
+    let before = hydra.public_connections();
+    let mut second = one_connection(&iris).await;
+    let (status, seen) = userinfo_over(&mut second, &iris).await;
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(hydra.public_connections() - before, 1, "a new connection");
+}
+
+/// However many client connections came at once, at most MAX_IDLE_UPSTREAMS Hydra connections
+/// stay open once they are gone; the rest are closed.
+#[tokio::test]
+async fn idle_hydra_connections_are_bounded() {
+    let (_kratos, hydra, iris) = front().await;
+    let clients = iris::proxy::MAX_IDLE_UPSTREAMS + 2;
+    let before = hydra.public_connections();
+    let mut open = Vec::new();
+    for _ in 0..clients {
+        // Each client connection keeps its lane while open, so each needs its own.
+        let mut client = one_connection(&iris).await;
+        assert_eq!(userinfo_over(&mut client, &iris).await.0, 200);
+        open.push(client);
+    }
+    assert_eq!(hydra.public_connections() - before, clients);
+    drop(open);
+    until_gauge(
+        &iris,
+        IDLE_UPSTREAMS,
+        iris::proxy::MAX_IDLE_UPSTREAMS as f64,
+    )
+    .await;
+    until_hydra_holds(&hydra, iris::proxy::MAX_IDLE_UPSTREAMS).await;
+}
+
+/// HTTP/2 clients (no lane) pass through on the shared pool, with the same answer.
+#[tokio::test]
+async fn an_http2_client_passes_through() {
+    let (_kratos, hydra, iris) = front().await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let response = client
+            .get(format!("{}/userinfo/lane?x=1", iris.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        let answer = answer(response).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.json["path"], "/userinfo/lane");
+        assert_eq!(answer.json["query"], "x=1");
+    }
+    assert_eq!(hydra.count("/userinfo/lane"), 3);
+}
