@@ -121,7 +121,10 @@ fn serve(files: &[PathBuf]) -> ExitCode {
         Err(error) => return fail(error),
     };
     crate::telemetry::init(&settings.log);
+    // Public connections run on per-core runtimes of their own (server::workers); this one
+    // accepts connections and serves the admin listener and background work.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
     {

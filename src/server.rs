@@ -33,6 +33,9 @@ use crate::tokens::Minter;
 use crate::upstream::Roots;
 
 mod parking;
+mod workers;
+
+use workers::Workers;
 
 /// The body type of every response: fixed bodies now, streamed ones for pass-through later.
 pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
@@ -383,11 +386,14 @@ pub async fn serve(
     let public_app = app.clone();
     let public_limits = app.public_limits.clone();
     let public_gauges = app.metrics.connections("public");
+    // Dropped when this returns: connections still open after the grace period close with it.
+    let workers = Workers::start(Workers::per_core())?;
     let public_loop = accept_loop(
         public,
         stopped.clone(),
         public_limits,
         public_gauges,
+        Some(&workers),
         move |req, peer| {
             let app = public_app.clone();
             async move { Ok::<_, Infallible>(handlers::public(&app, req, peer).await) }
@@ -404,6 +410,7 @@ pub async fn serve(
         stopped,
         admin_limits,
         admin_gauges,
+        None,
         move |req, _peer| {
             let app = admin_app.clone();
             async move { Ok::<_, Infallible>(handlers::admin(&app, req).await) }
@@ -528,11 +535,14 @@ impl Builders {
     }
 }
 
+/// Accepts connections until `stopped`, each served on a task of its own: on `workers` when
+/// given, else on the current runtime. Then drains them for `limits.shutdown_grace`.
 async fn accept_loop<H, F>(
     listener: TcpListener,
     mut stopped: watch::Receiver<bool>,
     limits: ListenerLimits,
     gauges: ConnectionGauges,
+    workers: Option<&Workers>,
     handler: H,
 ) where
     H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + Unpin + 'static,
@@ -570,74 +580,36 @@ async fn accept_loop<H, F>(
             _ = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let builders = builders.clone();
-        let watcher = graceful.watcher();
-        let tls = limits.tls.clone();
-        // A client gets this long to complete the TLS handshake or send its first bytes.
-        let first_bytes_timeout = limits.header_read_timeout;
-        let stopping = stopping.clone();
-        let gauges = gauges.clone();
+        let connection = Accepted {
+            handler: handler.clone(),
+            builders: builders.clone(),
+            watcher: graceful.watcher(),
+            tls: limits.tls.clone(),
+            first_bytes_timeout: limits.header_read_timeout,
+            stopping: stopping.clone(),
+            gauges: gauges.clone(),
+            peer,
+        };
         gauges.open.inc();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _open = OpenConnection(&gauges.open);
-            let connection = match tls {
-                None => {
-                    // Boxed: the wait would otherwise size the task of every connection for
-                    // its whole life.
-                    let first_bytes =
-                        Box::pin(tokio::time::timeout(first_bytes_timeout, sniff(&stream)));
-                    let Ok(protocol) = first_bytes.await else {
-                        tracing::debug!("no request before serve.public.header_read_timeout");
-                        return;
-                    };
-                    if protocol == Protocol::Http1 {
-                        Box::pin(parking::serve(
-                            stream,
-                            &builders.http1,
-                            handler,
-                            peer,
-                            parking::Stopping {
-                                signal: stopping,
-                                _watcher: watcher,
-                            },
-                            first_bytes_timeout,
-                            gauges.parked.clone(),
-                        ))
-                    } else {
-                        builders.connection(stream, protocol, handler, peer, watcher)
-                    }
-                }
-                Some(acceptor) => {
-                    // Boxed: the handshake state is large, and inline it would size every
-                    // plain connection's task too.
-                    let handshake = Box::pin(tokio::time::timeout(
-                        first_bytes_timeout,
-                        acceptor.accept(stream),
-                    ));
-                    match handshake.await {
-                        Ok(Ok(tls)) => {
-                            let protocol = negotiated(&tls);
-                            builders.connection(tls, protocol, handler, peer, watcher)
-                        }
-                        Ok(Err(error)) => {
-                            tracing::debug!(%error, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!("TLS handshake timed out");
-                            return;
+        match workers {
+            None => drop(tokio::spawn(connection.serve(stream, permit))),
+            // Moved to the worker's own reactor: its socket events then wake that thread only.
+            Some(workers) => match stream.into_std() {
+                Ok(stream) => workers.spawn(async move {
+                    match tokio::net::TcpStream::from_std(stream) {
+                        Ok(stream) => connection.serve(stream, permit).await,
+                        Err(error) => {
+                            connection.gauges.open.dec();
+                            tracing::warn!(%error, "cannot hand a connection to a worker");
                         }
                     }
+                }),
+                Err(error) => {
+                    gauges.open.dec();
+                    tracing::warn!(%error, "cannot hand a connection to a worker");
                 }
-            };
-            // Awaited here, outside the matches: their scrutinees (a TLS stream among them)
-            // would otherwise stay in this task for the connection's whole life.
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "connection ended with an error");
-            }
-        });
+            },
+        }
     }
     drop(listener);
     if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
@@ -645,6 +617,97 @@ async fn accept_loop<H, F>(
         .is_err()
     {
         tracing::warn!("grace period over; closing the remaining connections");
+    }
+}
+
+/// An accepted connection and what serving it takes.
+struct Accepted<H> {
+    handler: H,
+    builders: Arc<Builders>,
+    watcher: hyper_util::server::graceful::Watcher,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// A client gets this long to complete the TLS handshake or send its first bytes.
+    first_bytes_timeout: Duration,
+    stopping: watch::Receiver<bool>,
+    /// Its `open` gauge already counts this connection.
+    gauges: ConnectionGauges,
+    peer: SocketAddr,
+}
+
+impl<H, F> Accepted<H>
+where
+    H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + Unpin + 'static,
+    F: Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
+{
+    /// Serves the connection until it closes; `permit` is its `max_connections` slot.
+    async fn serve(self, stream: tokio::net::TcpStream, permit: tokio::sync::OwnedSemaphorePermit) {
+        let Accepted {
+            handler,
+            builders,
+            watcher,
+            tls,
+            first_bytes_timeout,
+            stopping,
+            gauges,
+            peer,
+        } = self;
+        let _permit = permit;
+        let _open = OpenConnection(&gauges.open);
+        let connection = match tls {
+            None => {
+                // Boxed: the wait would otherwise size the task of every connection for
+                // its whole life.
+                let first_bytes =
+                    Box::pin(tokio::time::timeout(first_bytes_timeout, sniff(&stream)));
+                let Ok(protocol) = first_bytes.await else {
+                    tracing::debug!("no request before serve.public.header_read_timeout");
+                    return;
+                };
+                if protocol == Protocol::Http1 {
+                    Box::pin(parking::serve(
+                        stream,
+                        &builders.http1,
+                        handler,
+                        peer,
+                        parking::Stopping {
+                            signal: stopping,
+                            _watcher: watcher,
+                        },
+                        first_bytes_timeout,
+                        gauges.parked.clone(),
+                    ))
+                } else {
+                    builders.connection(stream, protocol, handler, peer, watcher)
+                }
+            }
+            Some(acceptor) => {
+                // Boxed: the handshake state is large, and inline it would size every
+                // plain connection's task too.
+                let handshake = Box::pin(tokio::time::timeout(
+                    first_bytes_timeout,
+                    acceptor.accept(stream),
+                ));
+                match handshake.await {
+                    Ok(Ok(tls)) => {
+                        let protocol = negotiated(&tls);
+                        builders.connection(tls, protocol, handler, peer, watcher)
+                    }
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!("TLS handshake timed out");
+                        return;
+                    }
+                }
+            }
+        };
+        // Awaited here, outside the matches: their scrutinees (a TLS stream among them)
+        // would otherwise stay in this task for the connection's whole life.
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "connection ended with an error");
+        }
     }
 }
 
