@@ -18,8 +18,9 @@
 //! BENCH_ONLY (comma-separated groups to run: pass-through, exchange, latency; default all;
 //! BENCH_IDLE_CONNECTIONS=0 skips the memory step), BENCH_OUT (also write the Markdown report
 //! there), IRIS_BIN (default target/release/iris), IRIS_BIN_COMPARE (another build of Iris, say
-//! of the previous commit: it runs beside the first, with the session cache, and gets its own
-//! pass-through and cached-exchange rows in every round, for an A/B within one run).
+//! of the previous commit: it runs beside the first, twice, with and without the session cache,
+//! and gets its own pass-through, cached-exchange and uncached-latency rows in every round, for
+//! an A/B within one run).
 
 #[path = "../tests/support/hydra.rs"]
 mod hydra;
@@ -735,6 +736,10 @@ async fn run(s: Settings, nofile: u64) -> String {
         .compare_bin
         .as_deref()
         .map(|bin| start_iris("iris-compare", "5m", bin));
+    let mut compare_uncached = s
+        .compare_bin
+        .as_deref()
+        .map(|bin| start_iris("iris-compare-uncached", "0s", bin));
 
     let nginx_port = free_port();
     let nginx_conf = dir.join("nginx.conf");
@@ -773,7 +778,7 @@ async fn run(s: Settings, nofile: u64) -> String {
     let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     wait_listening(loopback(cached_port), &mut iris_cached, &cached_log).await;
     wait_listening(loopback(uncached_port), &mut iris_uncached, &uncached_log).await;
-    if let Some((proc, port, _, log)) = &mut compare {
+    for (proc, port, _, log) in compare.iter_mut().chain(compare_uncached.iter_mut()) {
         wait_listening(loopback(*port), proc, log).await;
     }
     wait_listening(loopback(nginx_port), &mut nginx, &nginx_log).await;
@@ -781,10 +786,13 @@ async fn run(s: Settings, nofile: u64) -> String {
 
     // Every target answers correctly before it is measured.
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let compare_admin = compare.as_ref().map(|(_, _, admin, _)| *admin);
+    let compare_admins = compare
+        .iter()
+        .chain(compare_uncached.iter())
+        .map(|(_, _, admin, _)| *admin);
     for admin in [cached_admin, uncached_admin]
         .into_iter()
-        .chain(compare_admin)
+        .chain(compare_admins)
     {
         let ready = format!("http://127.0.0.1:{admin}/health/ready");
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -852,6 +860,16 @@ async fn run(s: Settings, nofile: u64) -> String {
         connections,
         server,
     };
+    let compare_uncached_steps = compare_uncached.as_ref().map(|(proc, port, _, _)| {
+        step(
+            "latency",
+            "Iris, no cache (IRIS_BIN_COMPARE)",
+            &format!("http://127.0.0.1:{port}/oauth2/token"),
+            Mode::Exchange,
+            lc,
+            Some(proc.pid()),
+        )
+    });
     let compare_steps = compare.as_ref().map(|(proc, port, _, _)| {
         let pass = format!("http://127.0.0.1:{port}/health/alive");
         let token = format!("http://127.0.0.1:{port}/oauth2/token");
@@ -969,6 +987,7 @@ async fn run(s: Settings, nofile: u64) -> String {
     let steps: Vec<Step> = plan
         .into_iter()
         .chain(compare_steps.into_iter().flatten())
+        .chain(compare_uncached_steps)
         .filter(|step| wanted(step.group))
         .collect();
     // Every step runs once per round, the rounds one after another, so a slow spell of the
@@ -1012,7 +1031,7 @@ async fn run(s: Settings, nofile: u64) -> String {
         .collect();
     iris_cached.check_running(&cached_log);
     iris_uncached.check_running(&uncached_log);
-    if let Some((proc, _, _, log)) = &mut compare {
+    for (proc, _, _, log) in compare.iter_mut().chain(compare_uncached.iter_mut()) {
         proc.check_running(log);
     }
     let peak_cached = proc_status_kib(cached_pid, "VmHWM");

@@ -14,7 +14,7 @@ use crate::exchange::SubjectTokenKind;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::store::BoxFuture;
-use crate::upstream::Roots;
+use crate::upstream::{PerWorker, Roots};
 
 /// A session credential as the client presented it.
 #[derive(Debug, Clone)]
@@ -98,20 +98,24 @@ pub trait SessionResolver: Send + Sync {
 
 /// The Kratos public API client.
 pub struct KratosClient {
-    http: reqwest::Client,
+    http: PerWorker<reqwest::Client>,
     whoami: reqwest::Url,
     cookie_name: String,
     metrics: Arc<Metrics>,
 }
 
 impl KratosClient {
-    /// A pooled client for Kratos's public URL with the configured per-call timeout.
+    /// Pooled clients for Kratos's public URL with the configured per-call timeout, one for each
+    /// of `workers` public workers.
     pub fn new(
         settings: &KratosSettings,
         roots: &Roots,
         metrics: Arc<Metrics>,
+        workers: usize,
     ) -> Result<Self, reqwest::Error> {
-        let http = crate::upstream::http_client(settings.timeout, roots)?;
+        let http = PerWorker::new(workers, || {
+            crate::upstream::http_client(settings.timeout, roots)
+        })?;
         let mut whoami = settings.public_url.clone();
         // Keep a path prefix (Kratos behind a path-routing gateway) and append the endpoint.
         let base = whoami.path().trim_end_matches('/').to_owned();
@@ -147,6 +151,7 @@ impl KratosClient {
         let started = std::time::Instant::now();
         let call = self
             .http
+            .get()
             .get(self.whoami.clone())
             .header(header, value)
             .header(reqwest::header::ACCEPT, "application/json");
@@ -216,6 +221,7 @@ impl SessionResolver for KratosClient {
             // whoami without a credential answers 401 when Kratos is up: any answer below 500 is.
             let response = self
                 .http
+                .get()
                 .get(self.whoami.clone())
                 .send()
                 .await

@@ -116,6 +116,8 @@ pub struct App {
     pub request_timeout: Duration,
     /// What the public listener enforces.
     pub public_limits: ListenerLimits,
+    /// Single-threaded runtimes serving the public listener (server::workers).
+    pub public_workers: usize,
 }
 
 /// What Iris stands in front of.
@@ -146,7 +148,8 @@ impl App {
     pub fn build(settings: &Settings, public_addr: SocketAddr) -> Result<App, StartError> {
         let metrics = Arc::new(Metrics::new());
         let roots = Roots::load(settings.upstream_ca_path.as_deref()).map_err(StartError::Tls)?;
-        let kratos = KratosClient::new(&settings.kratos, &roots, metrics.clone())?;
+        let public_workers = Workers::per_core();
+        let kratos = KratosClient::new(&settings.kratos, &roots, metrics.clone(), public_workers)?;
         let sessions = CachingResolver::new(
             kratos,
             settings.kratos.cache_ttl,
@@ -238,6 +241,8 @@ impl App {
                 shutdown_grace: settings.shutdown_grace,
                 tls,
             },
+            // As many as `build` made Kratos clients for: the same reading of the environment.
+            public_workers: Workers::per_core(),
         })
     }
 
@@ -387,7 +392,7 @@ pub async fn serve(
     let public_limits = app.public_limits.clone();
     let public_gauges = app.metrics.connections("public");
     // Dropped when this returns: connections still open after the grace period close with it.
-    let workers = Workers::start(Workers::per_core())?;
+    let workers = Workers::start(app.public_workers)?;
     let public_loop = accept_loop(
         public,
         stopped.clone(),

@@ -40,6 +40,40 @@ impl Roots {
     }
 }
 
+thread_local! {
+    /// The public worker this thread is (server::workers), if it is one.
+    static WORKER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Marks the current thread as public worker `index`; called once by each worker thread.
+pub fn set_worker(index: usize) {
+    WORKER.with(|worker| worker.set(Some(index)));
+}
+
+/// One value per public worker thread, and one shared by every other thread. A pooled HTTP
+/// client runs each of its connections as a task on the runtime that opened it: with a client
+/// per worker, a worker's calls to Kratos use connections its own thread drives, instead of
+/// waking another worker twice per call.
+pub struct PerWorker<T>(Vec<T>);
+
+impl<T> PerWorker<T> {
+    /// `make()` for each of `workers` workers and for the other threads.
+    pub fn new<E>(workers: usize, mut make: impl FnMut() -> Result<T, E>) -> Result<Self, E> {
+        (0..=workers)
+            .map(|_| make())
+            .collect::<Result<_, _>>()
+            .map(PerWorker)
+    }
+
+    /// The current thread's value.
+    pub fn get(&self) -> &T {
+        let index = WORKER
+            .with(std::cell::Cell::get)
+            .map_or(0, |worker| worker + 1);
+        &self.0[index % self.0.len()]
+    }
+}
+
 /// A pooled client for an upstream: a per-call timeout, no redirects (an answer is Kratos's or
 /// Hydra's own, never a page it points to), no system proxy, and the extra roots.
 pub fn http_client(timeout: Duration, roots: &Roots) -> Result<reqwest::Client, reqwest::Error> {
@@ -51,4 +85,30 @@ pub fn http_client(timeout: Duration, roots: &Roots) -> Result<reqwest::Client, 
         .tls_certs_merge(roots.reqwest.iter().cloned())
         .no_proxy()
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_worker_thread_has_its_own_value_and_others_share_one() {
+        let mut made = 0;
+        let values = PerWorker::new(2, || {
+            made += 1;
+            Ok::<_, ()>(made)
+        })
+        .unwrap();
+        assert_eq!(*values.get(), 1, "not a worker");
+        std::thread::scope(|scope| {
+            for (worker, expected) in [(0, 2), (1, 3)] {
+                let values = &values;
+                scope.spawn(move || {
+                    set_worker(worker);
+                    assert_eq!(*values.get(), expected);
+                });
+            }
+            scope.spawn(|| assert_eq!(*values.get(), 1));
+        });
+    }
 }

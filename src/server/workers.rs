@@ -39,6 +39,7 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("iris-public-{index}"))
                 .spawn(move || {
+                    crate::upstream::set_worker(index);
                     runtime.block_on(async {
                         // Err too: the pool was dropped.
                         let _ = stopped.await;
