@@ -643,7 +643,10 @@ struct Row {
     group: &'static str,
     target: &'static str,
     connections: usize,
+    /// The run with the median throughput.
     m: Measured,
+    /// p99 of every round, in round order: how much the tail moved.
+    p99_rounds: Vec<f64>,
 }
 
 fn mib(kib: u64) -> f64 {
@@ -1020,12 +1023,14 @@ async fn run(s: Settings, nofile: u64) -> String {
         .iter()
         .zip(runs)
         .map(|(step, mut runs)| {
+            let p99_rounds = runs.iter().map(|m| m.p99_ms).collect();
             runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
             Row {
                 group: step.group,
                 target: step.target,
                 connections: step.connections,
                 m: runs.swap_remove(runs.len() / 2),
+                p99_rounds,
             }
         })
         .collect();
@@ -1138,14 +1143,15 @@ fn report(s: &Settings, nofile: u64, tools: &str, rows: &[Row], mem: Memory) -> 
     );
     let _ = writeln!(
         out,
-        "| scenario | target | conns | requests | req/s | p50 ms | p99 ms | errors | CPU % target | CPU % stand-ins | CPU % wrk |"
+        "| scenario | target | conns | requests | req/s | p50 ms | p99 ms | p99 ms each round | errors | CPU % target | CPU % stand-ins | CPU % wrk |"
     );
-    let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for r in rows {
         let m = &r.m;
+        let rounds: Vec<String> = r.p99_rounds.iter().map(|p| format!("{p:.2}")).collect();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {:.0} | {:.3} | {:.3} | {} | {} | {:.0} | {:.0} |",
+            "| {} | {} | {} | {} | {:.0} | {:.3} | {:.3} | {} | {} | {} | {:.0} | {:.0} |",
             r.group,
             r.target,
             r.connections,
@@ -1153,6 +1159,7 @@ fn report(s: &Settings, nofile: u64, tools: &str, rows: &[Row], mem: Memory) -> 
             m.rps,
             m.p50_ms,
             m.p99_ms,
+            rounds.join(" / "),
             m.errors,
             m.server_cpu.map_or("–".into(), |c| format!("{c:.0}")),
             m.standin_cpu,
