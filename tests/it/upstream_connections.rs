@@ -148,11 +148,34 @@ async fn idle_hydra_connections_are_bounded() {
     let (_kratos, hydra, iris) = front().await;
     let clients = iris::proxy::MAX_IDLE_UPSTREAMS + 2;
     let before = hydra.public_connections();
-    let mut open = Vec::new();
+    // Every request is held at Hydra until all have arrived: each client connection then needs
+    // a Hydra connection of its own.
+    let mut in_flight = Vec::new();
     for _ in 0..clients {
-        // Each client connection keeps its lane while open, so each needs its own.
         let mut client = one_connection(&iris).await;
-        assert_eq!(userinfo_over(&mut client, &iris).await.0, 200);
+        let host = iris.addr.to_string();
+        in_flight.push(tokio::spawn(async move {
+            let request = hyper::Request::get("/standin/gate")
+                .header("host", host)
+                .body(Empty::new())
+                .unwrap();
+            let status = client.send_request(request).await.unwrap().status();
+            (status, client)
+        }));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while hydra.count("/standin/gate") < clients {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every request reached Hydra"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    hydra.open_gate();
+    let mut open = Vec::new();
+    for answer in in_flight {
+        let (status, client) = answer.await.unwrap();
+        assert_eq!(status, 200);
         open.push(client);
     }
     assert_eq!(hydra.public_connections() - before, clients);

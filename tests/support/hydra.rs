@@ -583,6 +583,8 @@ pub struct Hydra {
     public_connections: Arc<AtomicUsize>,
     /// Public connections open right now.
     open_public_connections: Arc<AtomicUsize>,
+    /// Holds `GET /standin/gate` answers until opened (instrumentation, not Hydra).
+    gate: Arc<watch::Sender<bool>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -609,6 +611,7 @@ impl Hydra {
             shutdown: Arc::new(Mutex::new(tx)),
             public_connections: Arc::default(),
             open_public_connections: Arc::default(),
+            gate: Arc::new(watch::channel(false).0),
         };
         hydra.spawn(public, admin);
         hydra
@@ -637,6 +640,11 @@ impl Hydra {
     /// How many connections the public port has accepted since the stand-in started.
     pub fn public_connections(&self) -> usize {
         self.public_connections.load(Ordering::SeqCst)
+    }
+
+    /// Lets every held and future `GET /standin/gate` answer go.
+    pub fn open_gate(&self) {
+        self.gate.send_replace(true);
     }
 
     /// How many public connections are open right now (a stopped stand-in drops its own).
@@ -883,6 +891,13 @@ impl Hydra {
             ("GET", "/.well-known/jwks.json") => herodot_json(200, &self.jwks()),
             // hydra.md §4: /health/alive and /health/ready answer {"status":"ok"}.
             ("GET", "/health/alive") | ("GET", "/health/ready") => {
+                herodot_json(200, &json!({"status": "ok"}))
+            }
+            // TEST INSTRUMENTATION, not Hydra behaviour: answered once the test opens the gate,
+            // so that a test can hold many requests in flight at once.
+            ("GET", "/standin/gate") => {
+                let mut gate = self.gate.subscribe();
+                let _ = gate.wait_for(|open| *open).await;
                 herodot_json(200, &json!({"status": "ok"}))
             }
             // TEST INSTRUMENTATION, not Hydra behaviour: a streamed download.
