@@ -6,7 +6,8 @@
 
 mod lane;
 
-pub use lane::{IdlePool, Lane, LaneError, MAX_IDLE_UPSTREAMS, UPSTREAM_IDLE_TIMEOUT};
+use lane::IdlePool;
+pub use lane::{Lane, MAX_IDLE_UPSTREAMS, UPSTREAM_IDLE_TIMEOUT};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

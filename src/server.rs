@@ -155,16 +155,25 @@ impl App {
             settings.kratos.cache_ttl,
             settings.kratos.cache_max_entries,
         );
-        Self::build_with(settings, public_addr, Arc::new(sessions), metrics, roots)
+        Self::build_with(
+            settings,
+            public_addr,
+            Arc::new(sessions),
+            metrics,
+            roots,
+            public_workers,
+        )
     }
 
-    /// As [`App::build`], with a given session resolver (and the upstream roots already read).
+    /// As [`App::build`], with a given session resolver (and the upstream roots already read),
+    /// served by `public_workers` worker threads.
     pub fn build_with(
         settings: &Settings,
         public_addr: SocketAddr,
         sessions: Arc<dyn SessionResolver>,
         metrics: Arc<Metrics>,
         roots: Roots,
+        public_workers: usize,
     ) -> Result<App, StartError> {
         let tls = settings.public.tls.as_ref().map(tls_acceptor).transpose()?;
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -241,8 +250,7 @@ impl App {
                 shutdown_grace: settings.shutdown_grace,
                 tls,
             },
-            // As many as `build` made Kratos clients for: the same reading of the environment.
-            public_workers: Workers::per_core(),
+            public_workers,
         })
     }
 
@@ -592,27 +600,22 @@ async fn accept_loop<H, F>(
             tls: limits.tls.clone(),
             first_bytes_timeout: limits.header_read_timeout,
             stopping: stopping.clone(),
-            gauges: gauges.clone(),
+            parked: gauges.parked.clone(),
+            open: OpenConnection::count(&gauges.open),
             peer,
         };
-        gauges.open.inc();
         match workers {
             None => drop(tokio::spawn(connection.serve(stream, permit))),
             // Moved to the worker's own reactor: its socket events then wake that thread only.
+            // On failure the connection is dropped, and with it its gauge count and permit.
             Some(workers) => match stream.into_std() {
                 Ok(stream) => workers.spawn(async move {
                     match tokio::net::TcpStream::from_std(stream) {
                         Ok(stream) => connection.serve(stream, permit).await,
-                        Err(error) => {
-                            connection.gauges.open.dec();
-                            tracing::warn!(%error, "cannot hand a connection to a worker");
-                        }
+                        Err(error) => handover_failed(&error),
                     }
                 }),
-                Err(error) => {
-                    gauges.open.dec();
-                    tracing::warn!(%error, "cannot hand a connection to a worker");
-                }
+                Err(error) => handover_failed(&error),
             },
         }
     }
@@ -634,8 +637,10 @@ struct Accepted<H> {
     /// A client gets this long to complete the TLS handshake or send its first bytes.
     first_bytes_timeout: Duration,
     stopping: watch::Receiver<bool>,
-    /// Its `open` gauge already counts this connection.
-    gauges: ConnectionGauges,
+    /// `iris_parked_connections` of the listener.
+    parked: prometheus_client::metrics::gauge::Gauge,
+    /// Counts the connection as open from its accept until it ends, however it ends.
+    open: OpenConnection,
     peer: SocketAddr,
 }
 
@@ -653,11 +658,11 @@ where
             tls,
             first_bytes_timeout,
             stopping,
-            gauges,
+            parked,
+            open: _open,
             peer,
         } = self;
         let _permit = permit;
-        let _open = OpenConnection(&gauges.open);
         let connection = match tls {
             None => {
                 // Boxed: the wait would otherwise size the task of every connection for
@@ -679,7 +684,7 @@ where
                             _watcher: watcher,
                         },
                         first_bytes_timeout,
-                        gauges.parked.clone(),
+                        parked,
                     ))
                 } else {
                     builders.connection(stream, protocol, handler, peer, watcher)
@@ -716,10 +721,23 @@ where
     }
 }
 
-/// Counts a connection as open until its task ends, however it ends.
-struct OpenConnection<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+/// A connection that could not be moved to a worker's reactor is closed.
+fn handover_failed(error: &std::io::Error) {
+    tracing::warn!(%error, "cannot hand a connection to a worker");
+}
 
-impl Drop for OpenConnection<'_> {
+/// Counts a connection as open while it lives.
+struct OpenConnection(prometheus_client::metrics::gauge::Gauge);
+
+impl OpenConnection {
+    /// Adds one to `gauge` until the returned guard is dropped.
+    fn count(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        OpenConnection(gauge.clone())
+    }
+}
+
+impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.dec();
     }

@@ -187,11 +187,6 @@ impl Lane {
         lock(&self.0).release();
     }
 
-    /// Whether the lane holds an upstream connection.
-    pub fn is_connected(&self) -> bool {
-        lock(&self.0).upstream.is_some()
-    }
-
     /// Sends `request` on the lane's upstream connection when it has one, else hands the request
     /// back. A connection still busy with an earlier response hands it back through the result.
     #[allow(clippy::result_large_err)]

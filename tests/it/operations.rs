@@ -574,22 +574,6 @@ async fn sigint_stops_cleanly() {
 
 // === Idle keep-alive connections are parked ===
 
-/// GET the discovery document over `sender`; the status and the issuer.
-async fn discovery_over(
-    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
-    iris: &TestIris,
-) -> (u16, serde_json::Value) {
-    use http_body_util::BodyExt;
-    let request = hyper::Request::get("/.well-known/openid-configuration")
-        .header("host", iris.addr.to_string())
-        .body(http_body_util::Empty::new())
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&body).unwrap())
-}
-
 /// A raw connection to Iris that has had one exchange (a 404) and is now idle.
 async fn answered_once(iris: &TestIris) -> tokio::net::TcpStream {
     let mut stream = tokio::net::TcpStream::connect(iris.addr).await.unwrap();
@@ -613,6 +597,7 @@ async fn assert_closed_by_iris(stream: &mut tokio::net::TcpStream, what: &str) {
     );
 }
 
+const DISCOVERY: &str = "/.well-known/openid-configuration";
 const PARKED: &str = r#"iris_parked_connections{listener="public"}"#;
 const OPEN: &str = r#"iris_open_connections{listener="public"}"#;
 
@@ -622,10 +607,10 @@ const OPEN: &str = r#"iris_open_connections{listener="public"}"#;
 async fn an_idle_keep_alive_connection_is_parked_and_serves_its_next_request() {
     let (_kratos, iris) = start_with_alice().await;
     let mut sender = one_connection(&iris).await;
-    assert_eq!(discovery_over(&mut sender, &iris).await.0, 200);
+    assert_eq!(get_over(&mut sender, &iris, DISCOVERY).await.0, 200);
     until_gauge(&iris, PARKED, 1.0).await;
     assert_eq!(sample(&scrape(&iris).await, OPEN), 1.0);
-    let (status, document) = discovery_over(&mut sender, &iris).await;
+    let (status, document) = get_over(&mut sender, &iris, DISCOVERY).await;
     assert_eq!(status, 200);
     assert_eq!(document["issuer"], format!("{}/", iris.url()));
     assert_eq!(

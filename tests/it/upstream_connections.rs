@@ -5,15 +5,15 @@
 
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1::SendRequest;
-use serde_json::Value;
+use http_body_util::Empty;
 
 use crate::support::hydra::Hydra;
 use crate::support::*;
 use iris::config::HydraConfig;
 
 const IDLE_UPSTREAMS: &str = "iris_upstream_idle_connections";
+/// A pass-through path the Hydra stand-in echoes.
+const USERINFO: &str = "/userinfo/lane?x=1";
 
 /// Kratos, the Hydra stand-in and Iris in front of it.
 async fn front() -> (Kratos, Hydra, TestIris) {
@@ -27,22 +27,6 @@ async fn front() -> (Kratos, Hydra, TestIris) {
     });
     let iris = TestIris::start(raw).await;
     (kratos, hydra, iris)
-}
-
-/// A pass-through GET over `sender`: the status and the stand-in's echo of what Hydra saw.
-async fn userinfo_over(
-    sender: &mut SendRequest<Empty<bytes::Bytes>>,
-    iris: &TestIris,
-) -> (u16, Value) {
-    sender.ready().await.expect("the client connection is open");
-    let request = hyper::Request::get("/userinfo/lane?x=1")
-        .header("host", iris.addr.to_string())
-        .body(Empty::new())
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
 /// Waits until the stand-in has `count` public connections open; panics after 10 s (a hang
@@ -67,7 +51,7 @@ async fn a_keep_alive_client_connection_uses_one_hydra_connection() {
     let before = hydra.public_connections();
     let mut client = one_connection(&iris).await;
     for _ in 0..20 {
-        let (status, seen) = userinfo_over(&mut client, &iris).await;
+        let (status, seen) = get_over(&mut client, &iris, USERINFO).await;
         assert_eq!(status, 200, "{seen}");
         assert_eq!(seen["path"], "/userinfo/lane");
         assert_eq!(seen["query"], "x=1");
@@ -82,11 +66,11 @@ async fn client_connections_in_turn_share_an_idle_hydra_connection() {
     let (_kratos, hydra, iris) = front().await;
     let before = hydra.public_connections();
     let mut first = one_connection(&iris).await;
-    assert_eq!(userinfo_over(&mut first, &iris).await.0, 200);
+    assert_eq!(get_over(&mut first, &iris, USERINFO).await.0, 200);
     drop(first);
     until_gauge(&iris, IDLE_UPSTREAMS, 1.0).await;
     let mut second = one_connection(&iris).await;
-    assert_eq!(userinfo_over(&mut second, &iris).await.0, 200);
+    assert_eq!(get_over(&mut second, &iris, USERINFO).await.0, 200);
     assert_eq!(
         hydra.public_connections() - before,
         1,
@@ -106,10 +90,10 @@ async fn client_connections_in_turn_share_an_idle_hydra_connection() {
 async fn a_hydra_restart_between_requests_is_not_an_error() {
     let (_kratos, hydra, iris) = front().await;
     let mut client = one_connection(&iris).await;
-    assert_eq!(userinfo_over(&mut client, &iris).await.0, 200);
+    assert_eq!(get_over(&mut client, &iris, USERINFO).await.0, 200);
     hydra.stop();
     until_hydra_holds(&hydra, 0).await;
-    assert_eq!(userinfo_over(&mut client, &iris).await.0, 502);
+    assert_eq!(get_over(&mut client, &iris, USERINFO).await.0, 502);
     let token = post_form(
         &iris,
         &[("grant_type", "client_credentials")],
@@ -118,7 +102,7 @@ async fn a_hydra_restart_between_requests_is_not_an_error() {
     .await;
     token.assert_error(503, "temporarily_unavailable");
     hydra.restart().await;
-    let (status, seen) = userinfo_over(&mut client, &iris).await;
+    let (status, seen) = get_over(&mut client, &iris, USERINFO).await;
     assert_eq!(status, 200, "{seen}");
     assert_eq!(hydra.count("/userinfo/lane"), 2);
 }
@@ -128,7 +112,7 @@ async fn a_hydra_restart_between_requests_is_not_an_error() {
 async fn a_pooled_connection_hydra_closed_is_replaced() {
     let (_kratos, hydra, iris) = front().await;
     let mut first = one_connection(&iris).await;
-    assert_eq!(userinfo_over(&mut first, &iris).await.0, 200);
+    assert_eq!(get_over(&mut first, &iris, USERINFO).await.0, 200);
     drop(first);
     until_gauge(&iris, IDLE_UPSTREAMS, 1.0).await;
     hydra.stop();
@@ -136,7 +120,7 @@ async fn a_pooled_connection_hydra_closed_is_replaced() {
     hydra.restart().await;
     let before = hydra.public_connections();
     let mut second = one_connection(&iris).await;
-    let (status, seen) = userinfo_over(&mut second, &iris).await;
+    let (status, seen) = get_over(&mut second, &iris, USERINFO).await;
     assert_eq!(status, 200, "{seen}");
     assert_eq!(hydra.public_connections() - before, 1, "a new connection");
 }

@@ -405,3 +405,21 @@ pub async fn one_connection(
     tokio::spawn(connection);
     sender
 }
+
+/// GET `path` over `sender` (one of [`one_connection`]'s); the status and the JSON body.
+pub async fn get_over(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    iris: &TestIris,
+    path: &str,
+) -> (u16, Value) {
+    use http_body_util::BodyExt;
+    sender.ready().await.expect("the client connection is open");
+    let request = hyper::Request::get(path)
+        .header("host", iris.addr.to_string())
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap())
+}
