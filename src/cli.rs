@@ -126,6 +126,7 @@ fn serve(files: &[PathBuf]) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
+        .on_thread_park(crate::telemetry::on_park)
         .build()
     {
         Ok(runtime) => runtime,
@@ -142,6 +143,8 @@ fn serve(files: &[PathBuf]) -> ExitCode {
                 .await?;
         crate::server::run(settings, public, admin, shutdown).await
     });
+    // Lines still held by threads that will not park again (telemetry's batches).
+    crate::telemetry::flush_all();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

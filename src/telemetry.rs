@@ -5,6 +5,10 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat, LogLevel};
 
+mod batch;
+
+pub use batch::{flush_all, on_park};
+
 /// Installs the global subscriber; a second call (tests) keeps the first.
 pub fn init(log: &LogConfig) {
     let level = match log.level {
@@ -25,7 +29,7 @@ pub fn init(log: &LogConfig) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(batch::BatchedStderr);
     let _ = match log.format {
         LogFormat::Json => builder
             .json()

@@ -32,7 +32,10 @@ impl Workers {
         let mut runtimes = Vec::with_capacity(count);
         let mut stops = Vec::with_capacity(count);
         for index in 0..count {
-            let runtime = Builder::new_current_thread().enable_all().build()?;
+            let runtime = Builder::new_current_thread()
+                .enable_all()
+                .on_thread_park(crate::telemetry::on_park)
+                .build()?;
             runtimes.push(runtime.handle().clone());
             let (stop, stopped) = oneshot::channel::<()>();
             stops.push(stop);
