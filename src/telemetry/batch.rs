@@ -197,6 +197,10 @@ mod tests {
 
         batch.push(b"last\n", false).unwrap();
         drop(batch);
-        assert_eq!(take_writes(), vec![b"last\n".to_vec()], "written at the end");
+        assert_eq!(
+            take_writes(),
+            vec![b"last\n".to_vec()],
+            "written at the end"
+        );
     }
 }

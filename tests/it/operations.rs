@@ -459,6 +459,50 @@ async fn sigterm_drains_in_flight_exchanges() {
     assert!(http().post(url).body(body).send().await.is_err());
 }
 
+/// Request lines are written while Iris runs, not only at exit, each one whole: worker threads
+/// hold their lines until they run out of work (telemetry::batch), and 8 connections on two
+/// threads must not interleave them.
+#[tokio::test]
+async fn request_lines_are_written_whole_while_iris_runs() {
+    let kratos = Kratos::start().await;
+    let served = Served::start(config(&kratos));
+    let url = format!("http://{}{DISCOVERY}", served.public);
+    let client = http();
+    let requests = (0..8).map(|_| {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move {
+            for _ in 0..25 {
+                let status = client.get(&url).send().await.unwrap().status();
+                assert_eq!(status, 200);
+            }
+        })
+    });
+    for request in requests.collect::<Vec<_>>() {
+        request.await.unwrap();
+    }
+    let lines = served.lines;
+    let seen = tokio::task::spawn_blocking(move || {
+        let mut seen = 0;
+        while seen < 200 {
+            // 30 s: a hang guard; the lines come once the threads are idle.
+            let line = lines
+                .recv_timeout(Duration::from_secs(30))
+                .expect("all 200 request lines while iris runs");
+            let json: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("not one whole JSON line ({e}): {line}"));
+            if json["target"] == "iris::request" && json["path"] == DISCOVERY {
+                assert_eq!(json["status"], 200, "{line}");
+                seen += 1;
+            }
+        }
+        seen
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen, 200);
+    drop(served.child);
+}
+
 /// upstream.ca_path also covers the pass-through to an https Hydra (its own TLS client).
 #[tokio::test]
 async fn a_private_ca_for_hydra_pass_through() {
