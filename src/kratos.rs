@@ -113,7 +113,7 @@ impl KratosClient {
         metrics: Arc<Metrics>,
         workers: usize,
     ) -> Result<Self, reqwest::Error> {
-        let http = PerWorker::new(workers, || {
+        let http = PerWorker::new(workers, |_| {
             crate::upstream::http_client(settings.timeout, roots)
         })?;
         let mut whoami = settings.public_url.clone();

@@ -6,6 +6,7 @@
 
 mod lane;
 
+use crate::upstream::PerWorker;
 use lane::IdlePool;
 pub use lane::{Lane, MAX_IDLE_UPSTREAMS, UPSTREAM_IDLE_TIMEOUT};
 
@@ -83,8 +84,8 @@ pub struct Proxy {
     client: Client<HttpsConnector<HttpConnector>, ForwardBody>,
     /// Opens the lanes' upstream connections (the pooled client has its own copy).
     connector: HttpsConnector<HttpConnector>,
-    /// Upstream connections between lanes.
-    idle: Arc<IdlePool>,
+    /// Upstream connections between lanes, a pool per public worker thread.
+    idle: PerWorker<Arc<IdlePool>>,
     upstream: url::Url,
     /// `scheme://authority/` of Hydra, what the connector dials.
     origin: Uri,
@@ -94,12 +95,14 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// A proxy to `upstream` for a listener speaking `scheme` (`http` or `https`).
+    /// A proxy to `upstream` for a listener speaking `scheme` (`http` or `https`), whose
+    /// connections `workers` public worker threads serve.
     pub fn new(
         upstream: url::Url,
         scheme: &'static str,
         extra_roots: Vec<CertificateDer<'static>>,
         idle_gauge: Gauge,
+        workers: usize,
     ) -> Result<Self, ProxyError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -134,7 +137,7 @@ impl Proxy {
         Ok(Proxy {
             client,
             connector,
-            idle: Arc::new(IdlePool::new(idle_gauge)),
+            idle: lane::per_worker(&idle_gauge, workers),
             upstream,
             origin,
             host,
@@ -179,7 +182,7 @@ impl Proxy {
                     parts.headers.insert(header::HOST, self.host.clone());
                 }
                 let request = Request::from_parts(parts, body);
-                lane::send(lane, &self.idle, || self.connect(), request)
+                lane::send(lane, self.idle.get(), || self.connect(), request)
                     .await
                     .map_err(|e| ProxyError::Unreachable(e.to_string()))?
             }
@@ -290,6 +293,7 @@ mod tests {
             "http",
             Vec::new(),
             Gauge::default(),
+            1,
         )
         .unwrap();
         let uri = proxy

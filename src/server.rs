@@ -148,7 +148,7 @@ impl App {
     pub fn build(settings: &Settings, public_addr: SocketAddr) -> Result<App, StartError> {
         let metrics = Arc::new(Metrics::new());
         let roots = Roots::load(settings.upstream_ca_path.as_deref()).map_err(StartError::Tls)?;
-        let public_workers = Workers::per_core();
+        let public_workers = public_workers();
         let kratos = KratosClient::new(&settings.kratos, &roots, metrics.clone(), public_workers)?;
         let sessions = CachingResolver::new(
             kratos,
@@ -209,6 +209,7 @@ impl App {
                         scheme,
                         roots.der,
                         metrics.idle_upstreams(),
+                        public_workers,
                     )?),
                     hydra,
                     issuer: settings.issuer.clone(),
@@ -372,6 +373,12 @@ async fn register_trust_in_background(app: Arc<App>) {
             }
         }
     }
+}
+
+/// How many public worker threads [`run`] deals connections to: `TOKIO_WORKER_THREADS` when set,
+/// else one per core.
+pub fn public_workers() -> usize {
+    Workers::per_core()
 }
 
 /// Serves the public and admin listeners until `shutdown` resolves, then drains in-flight

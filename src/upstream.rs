@@ -57,10 +57,14 @@ pub fn set_worker(index: usize) {
 pub struct PerWorker<T>(Vec<T>);
 
 impl<T> PerWorker<T> {
-    /// `make()` for each of `workers` workers and for the other threads.
-    pub fn new<E>(workers: usize, mut make: impl FnMut() -> Result<T, E>) -> Result<Self, E> {
-        (0..=workers)
-            .map(|_| make())
+    /// `make(Some(i))` for each worker `i` of `workers`, and `make(None)` for the other threads.
+    pub fn new<E>(
+        workers: usize,
+        mut make: impl FnMut(Option<usize>) -> Result<T, E>,
+    ) -> Result<Self, E> {
+        std::iter::once(None)
+            .chain((0..workers).map(Some))
+            .map(&mut make)
             .collect::<Result<_, _>>()
             .map(PerWorker)
     }
@@ -93,22 +97,17 @@ mod tests {
 
     #[test]
     fn each_worker_thread_has_its_own_value_and_others_share_one() {
-        let mut made = 0;
-        let values = PerWorker::new(2, || {
-            made += 1;
-            Ok::<_, ()>(made)
-        })
-        .unwrap();
-        assert_eq!(*values.get(), 1, "not a worker");
+        let values = PerWorker::new(2, Ok::<_, ()>).unwrap();
+        assert_eq!(*values.get(), None, "not a worker");
         std::thread::scope(|scope| {
-            for (worker, expected) in [(0, 2), (1, 3)] {
+            for (worker, expected) in [(0, Some(0)), (1, Some(1))] {
                 let values = &values;
                 scope.spawn(move || {
                     set_worker(worker);
                     assert_eq!(*values.get(), expected);
                 });
             }
-            scope.spawn(|| assert_eq!(*values.get(), 1));
+            scope.spawn(|| assert_eq!(*values.get(), None));
         });
     }
 }

@@ -26,9 +26,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpStream;
 
 use super::ForwardBody;
+use crate::upstream::PerWorker;
 
-/// Idle upstream connections kept for client connections to come, at most. More are closed:
-/// a burst of client connections should not leave Hydra holding as many idle ones.
+/// Idle upstream connections kept for client connections to come, at most, across all public
+/// worker threads. More are closed: a burst of client connections should not leave Hydra holding
+/// as many idle ones.
 pub const MAX_IDLE_UPSTREAMS: usize = 128;
 
 /// An idle upstream connection older than this is closed rather than reused, as hyper-util's
@@ -73,38 +75,59 @@ impl Upstream {
     }
 }
 
-/// Upstream connections no client connection holds right now.
+/// Upstream connections no client connection holds right now, on one public worker thread.
+///
+/// One pool per worker (see [`per_worker`]): a connection's socket is registered with the reactor
+/// of the runtime that opened it, so a connection handed to a client connection on another
+/// worker would have every readiness event relayed across threads, and wait whenever the other
+/// runtime is busy.
 pub struct IdlePool {
     idle: Mutex<Vec<Upstream>>,
-    /// `iris_upstream_idle_connections`, kept equal to the number held.
+    /// How many this pool keeps at most.
+    capacity: usize,
+    /// `iris_upstream_idle_connections`, shared by every worker's pool: the number all hold.
     gauge: Gauge,
 }
 
-impl IdlePool {
-    /// An empty pool that reports its size on `gauge`.
-    pub fn new(gauge: Gauge) -> Self {
-        gauge.set(0);
-        IdlePool {
+/// A pool for each public worker (and one for other threads), their capacities adding up to
+/// [`MAX_IDLE_UPSTREAMS`], all counted on `gauge`.
+pub fn per_worker(gauge: &Gauge, workers: usize) -> PerWorker<Arc<IdlePool>> {
+    gauge.set(0);
+    let workers = workers.max(1);
+    let result: Result<_, Infallible> = PerWorker::new(workers, |worker| {
+        // The first MAX % workers workers keep one more, so that the shares add up exactly.
+        let index = worker.unwrap_or(0);
+        let capacity =
+            MAX_IDLE_UPSTREAMS / workers + usize::from(index < MAX_IDLE_UPSTREAMS % workers);
+        Ok(Arc::new(IdlePool {
             idle: Mutex::default(),
-            gauge,
-        }
+            capacity,
+            gauge: gauge.clone(),
+        }))
+    });
+    match result {
+        Ok(pools) => pools,
+        Err(never) => match never {},
     }
+}
 
+impl IdlePool {
     /// The most recently idle connection that is still open, if any.
     fn take(&self) -> Option<Upstream> {
         let mut idle = lock(&self.idle);
+        let before = idle.len();
         let taken = take_open(&mut idle);
-        self.gauge.set(gauge_value(idle.len()));
+        self.gauge.dec_by(gauge_value(before - idle.len()));
         taken
     }
 
     /// Keeps an idle connection for later, or closes it when the pool is full.
     fn put(&self, mut upstream: Upstream) {
         let mut idle = lock(&self.idle);
-        if idle.len() < MAX_IDLE_UPSTREAMS {
+        if idle.len() < self.capacity {
             upstream.idle_since = Instant::now();
             idle.push(upstream);
-            self.gauge.set(gauge_value(idle.len()));
+            self.gauge.inc();
         }
     }
 }
@@ -125,7 +148,7 @@ fn take_open(idle: &mut Vec<Upstream>) -> Option<Upstream> {
     None
 }
 
-/// A count as a gauge value; the pool never holds more than [`MAX_IDLE_UPSTREAMS`].
+/// A count as a gauge value; the pools never hold more than [`MAX_IDLE_UPSTREAMS`].
 fn gauge_value(count: usize) -> i64 {
     i64::try_from(count).unwrap_or(i64::MAX)
 }
@@ -282,4 +305,34 @@ where
 /// The lock, also after a panic elsewhere: the state is a set of connections, valid either way.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_workers_pools_share_the_bound_exactly() {
+        for workers in [1, 2, 3, 7, 128, 200] {
+            let pools = per_worker(&Gauge::default(), workers);
+            let mut shares = Vec::new();
+            std::thread::scope(|scope| {
+                for worker in 0..workers {
+                    let pools = &pools;
+                    let share = scope.spawn(move || {
+                        crate::upstream::set_worker(worker);
+                        pools.get().capacity
+                    });
+                    shares.push(share.join().unwrap());
+                }
+            });
+            assert_eq!(
+                shares.iter().sum::<usize>(),
+                MAX_IDLE_UPSTREAMS,
+                "{workers}"
+            );
+            let (least, most) = (shares.iter().min(), shares.iter().max());
+            assert!(most.unwrap() - least.unwrap() <= 1, "{workers}: {shares:?}");
+        }
+    }
 }

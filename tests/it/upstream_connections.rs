@@ -60,27 +60,54 @@ async fn a_keep_alive_client_connection_uses_one_hydra_connection() {
     assert_eq!(hydra.count("/userinfo/lane"), 20);
 }
 
-/// A client connection that closes leaves its Hydra connection idle for the next one.
+/// Opens a connection to every public worker but one, so that the next client connection lands
+/// on the worker the last one did: the accept loop deals connections to the workers in turn
+/// (server::workers). Keep them open until that client connection has been accepted.
+async fn skip_the_other_workers(iris: &TestIris) -> Vec<tokio::net::TcpStream> {
+    let mut others = Vec::new();
+    for _ in 1..iris::server::public_workers() {
+        others.push(tokio::net::TcpStream::connect(iris.addr).await.unwrap());
+    }
+    others
+}
+
+/// A client connection that closes leaves its Hydra connection idle for the next client
+/// connection on its worker thread; client connections are dealt to the workers in turn, and a
+/// worker never takes another's idle connection (its socket belongs to the other's reactor).
 #[tokio::test]
-async fn client_connections_in_turn_share_an_idle_hydra_connection() {
+async fn a_closed_client_connections_hydra_connection_serves_the_next_on_its_worker() {
     let (_kratos, hydra, iris) = front().await;
+    let workers = iris::server::public_workers();
     let before = hydra.public_connections();
-    let mut first = one_connection(&iris).await;
-    assert_eq!(get_over(&mut first, &iris, USERINFO).await.0, 200);
-    drop(first);
-    until_gauge(&iris, IDLE_UPSTREAMS, 1.0).await;
-    let mut second = one_connection(&iris).await;
-    assert_eq!(get_over(&mut second, &iris, USERINFO).await.0, 200);
-    assert_eq!(
-        hydra.public_connections() - before,
-        1,
-        "the second client connection took the idle one"
-    );
-    assert_eq!(
-        sample(&scrape(&iris).await, IDLE_UPSTREAMS),
-        0.0,
-        "held by the second client connection"
-    );
+    // One client connection per worker, one after the other: each finds its worker's pool empty.
+    for opened in 1..=workers {
+        let mut client = one_connection(&iris).await;
+        assert_eq!(get_over(&mut client, &iris, USERINFO).await.0, 200);
+        drop(client);
+        until_gauge(&iris, IDLE_UPSTREAMS, opened as f64).await;
+        assert_eq!(
+            hydra.public_connections() - before,
+            opened,
+            "a new connection"
+        );
+    }
+    // The next round, all open at once, finds one idle Hydra connection on each worker.
+    let mut held = Vec::new();
+    for taken in 1..=workers {
+        let mut client = one_connection(&iris).await;
+        assert_eq!(get_over(&mut client, &iris, USERINFO).await.0, 200);
+        assert_eq!(
+            hydra.public_connections() - before,
+            workers,
+            "client connection {taken} of the second round took its worker's idle one"
+        );
+        assert_eq!(
+            sample(&scrape(&iris).await, IDLE_UPSTREAMS),
+            (workers - taken) as f64,
+            "held by the client connection"
+        );
+        held.push(client);
+    }
 }
 
 /// Hydra closing its side (a restart) between two requests of a client connection is not the
@@ -119,8 +146,11 @@ async fn a_pooled_connection_hydra_closed_is_replaced() {
     until_hydra_holds(&hydra, 0).await;
     hydra.restart().await;
     let before = hydra.public_connections();
+    // On the first's worker, whose pool holds the closed connection.
+    let others = skip_the_other_workers(&iris).await;
     let mut second = one_connection(&iris).await;
     let (status, seen) = get_over(&mut second, &iris, USERINFO).await;
+    drop(others);
     assert_eq!(status, 200, "{seen}");
     assert_eq!(hydra.public_connections() - before, 1, "a new connection");
 }
