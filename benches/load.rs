@@ -20,7 +20,8 @@
 //! there), IRIS_BIN (default target/release/iris), IRIS_BIN_COMPARE (another build of Iris, say
 //! of the previous commit: it runs beside the first, twice, with and without the session cache,
 //! and gets its own pass-through, cached-exchange and uncached-latency rows in every round, for
-//! an A/B within one run).
+//! an A/B within one run), IRIS_COMPARE_WORKERS (TOKIO_WORKER_THREADS for the compare build only;
+//! without IRIS_BIN_COMPARE the compare build is IRIS_BIN itself).
 
 #[path = "../tests/support/hydra.rs"]
 mod hydra;
@@ -82,6 +83,8 @@ struct Settings {
     iris_bin: PathBuf,
     /// IRIS_BIN_COMPARE: a second build measured beside the first.
     compare_bin: Option<PathBuf>,
+    /// IRIS_COMPARE_WORKERS: the compare build's TOKIO_WORKER_THREADS.
+    compare_workers: Option<String>,
 }
 
 impl Settings {
@@ -108,8 +111,11 @@ impl Settings {
             rounds: num("BENCH_ROUNDS", 3).max(1) as usize,
             quiet: num("BENCH_QUIET", 0) == 1,
             root,
+            compare_bin: std::env::var_os("IRIS_BIN_COMPARE")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("IRIS_COMPARE_WORKERS").map(|_| iris_bin.clone())),
+            compare_workers: std::env::var("IRIS_COMPARE_WORKERS").ok(),
             iris_bin,
-            compare_bin: std::env::var_os("IRIS_BIN_COMPARE").map(PathBuf::from),
         }
     }
 }
@@ -707,7 +713,7 @@ async fn run(s: Settings, nofile: u64) -> String {
     );
 
     // Iris, twice: with the session cache (and the pass-through), and without a cache.
-    let start_iris = |name: &'static str, cache_ttl: &str, bin: &Path| {
+    let start_iris = |name: &'static str, cache_ttl: &str, bin: &Path, workers: Option<&str>| {
         let (public, admin) = (free_port(), free_port());
         let config = dir.join(format!("{name}.yaml"));
         std::fs::write(
@@ -724,25 +730,30 @@ async fn run(s: Settings, nofile: u64) -> String {
         )
         .unwrap();
         let log = dir.join(format!("{name}.log"));
-        let proc = Proc::spawn(
-            name,
-            Command::new(bin).arg("serve").arg("-c").arg(&config),
-            &log,
-        );
+        let mut command = Command::new(bin);
+        command.arg("serve").arg("-c").arg(&config);
+        if let Some(workers) = workers {
+            command.env("TOKIO_WORKER_THREADS", workers);
+        }
+        let proc = Proc::spawn(name, &mut command, &log);
         (proc, public, admin, log)
     };
     let (mut iris_cached, cached_port, cached_admin, cached_log) =
-        start_iris("iris-cached", "5m", &s.iris_bin);
+        start_iris("iris-cached", "5m", &s.iris_bin, None);
     let (mut iris_uncached, uncached_port, uncached_admin, uncached_log) =
-        start_iris("iris-uncached", "0s", &s.iris_bin);
+        start_iris("iris-uncached", "0s", &s.iris_bin, None);
     let mut compare = s
         .compare_bin
         .as_deref()
-        .map(|bin| start_iris("iris-compare", "5m", bin));
-    let mut compare_uncached = s
-        .compare_bin
-        .as_deref()
-        .map(|bin| start_iris("iris-compare-uncached", "0s", bin));
+        .map(|bin| start_iris("iris-compare", "5m", bin, s.compare_workers.as_deref()));
+    let mut compare_uncached = s.compare_bin.as_deref().map(|bin| {
+        start_iris(
+            "iris-compare-uncached",
+            "0s",
+            bin,
+            s.compare_workers.as_deref(),
+        )
+    });
 
     let nginx_port = free_port();
     let nginx_conf = dir.join("nginx.conf");
@@ -863,10 +874,18 @@ async fn run(s: Settings, nofile: u64) -> String {
         connections,
         server,
     };
+    // Row names for the compare build: which build, and its thread count when set.
+    let compare_label = |what: &str| -> &'static str {
+        let name = match &s.compare_workers {
+            Some(workers) => format!("{what} (IRIS_BIN_COMPARE, TOKIO_WORKER_THREADS={workers})"),
+            None => format!("{what} (IRIS_BIN_COMPARE)"),
+        };
+        Box::leak(name.into_boxed_str())
+    };
     let compare_uncached_steps = compare_uncached.as_ref().map(|(proc, port, _, _)| {
         step(
             "latency",
-            "Iris, no cache (IRIS_BIN_COMPARE)",
+            compare_label("Iris, no cache"),
             &format!("http://127.0.0.1:{port}/oauth2/token"),
             Mode::Exchange,
             lc,
@@ -879,7 +898,7 @@ async fn run(s: Settings, nofile: u64) -> String {
         [
             step(
                 "pass-through",
-                "Iris (IRIS_BIN_COMPARE)",
+                compare_label("Iris"),
                 &pass,
                 Mode::Get,
                 c,
@@ -887,7 +906,7 @@ async fn run(s: Settings, nofile: u64) -> String {
             ),
             step(
                 "exchange",
-                "Iris, cache hits (IRIS_BIN_COMPARE)",
+                compare_label("Iris, cache hits"),
                 &token,
                 Mode::Exchange,
                 c,
