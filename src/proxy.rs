@@ -80,8 +80,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The connections to Hydra's public port.
 pub struct Proxy {
-    /// For client connections without a lane (HTTP/2, TLS).
-    client: Client<HttpsConnector<HttpConnector>, ForwardBody>,
+    /// For client connections without a lane (HTTP/2, TLS), a pooled client per worker thread.
+    client: PerWorker<Client<HttpsConnector<HttpConnector>, ForwardBody>>,
     /// Opens the lanes' upstream connections (the pooled client has its own copy).
     connector: HttpsConnector<HttpConnector>,
     /// Upstream connections between lanes, a pool per public worker thread.
@@ -124,10 +124,14 @@ impl Proxy {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
-            .build(connector.clone());
+        // One per worker thread: the client runs each connection as a task on the runtime that
+        // opened it, so a shared one would drive a worker's requests from another thread.
+        let client = PerWorker::each(workers, |_| {
+            Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
+                .build(connector.clone())
+        });
         let authority = authority(&upstream);
         let origin = format!("{}://{authority}/", upstream.scheme())
             .parse()
@@ -189,6 +193,7 @@ impl Proxy {
             None => {
                 parts.uri = self.upstream_uri(&parts.uri)?;
                 self.client
+                    .get()
                     .request(Request::from_parts(parts, body))
                     .await
                     .map_err(|e| ProxyError::Unreachable(e.to_string()))?

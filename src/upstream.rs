@@ -69,6 +69,13 @@ impl<T> PerWorker<T> {
             .map(PerWorker)
     }
 
+    /// As [`PerWorker::new`], for values whose making cannot fail.
+    pub fn each(workers: usize, mut make: impl FnMut(Option<usize>) -> T) -> Self {
+        let made: Result<Self, std::convert::Infallible> =
+            PerWorker::new(workers, |worker| Ok(make(worker)));
+        made.unwrap_or_else(|never| match never {})
+    }
+
     /// The current thread's value.
     pub fn get(&self) -> &T {
         let index = WORKER

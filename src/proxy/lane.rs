@@ -94,21 +94,17 @@ pub struct IdlePool {
 pub fn per_worker(gauge: &Gauge, workers: usize) -> PerWorker<Arc<IdlePool>> {
     gauge.set(0);
     let workers = workers.max(1);
-    let result: Result<_, Infallible> = PerWorker::new(workers, |worker| {
+    PerWorker::each(workers, |worker| {
         // The first MAX % workers workers keep one more, so that the shares add up exactly.
         let index = worker.unwrap_or(0);
         let capacity =
             MAX_IDLE_UPSTREAMS / workers + usize::from(index < MAX_IDLE_UPSTREAMS % workers);
-        Ok(Arc::new(IdlePool {
+        Arc::new(IdlePool {
             idle: Mutex::default(),
             capacity,
             gauge: gauge.clone(),
-        }))
-    });
-    match result {
-        Ok(pools) => pools,
-        Err(never) => match never {},
-    }
+        })
+    })
 }
 
 impl IdlePool {

@@ -1,6 +1,7 @@
 //! Iris's connections to Hydra's public port: a plain HTTP/1 client connection sends its requests
 //! on one upstream connection of its own (its lane), hands it to a bounded idle pool when it
 //! closes or parks, and a connection Hydra closed is replaced without the client seeing an error.
+//! Idle connections, and the pooled client HTTP/2 client connections use, belong to one worker.
 //! Connections are counted by the Hydra stand-in (tests/support/hydra.rs).
 
 use std::time::Duration;
@@ -224,4 +225,34 @@ async fn an_http2_client_passes_through() {
         assert_eq!(answer.json["query"], "x=1");
     }
     assert_eq!(hydra.count("/userinfo/lane"), 3);
+}
+
+/// An HTTP/2 client connection's requests go through the pooled client of its own worker thread
+/// (that client's connections are tasks on the runtime that opened them): client connections
+/// dealt to different workers open a Hydra connection each, and the next one on a worker reuses
+/// that worker's idle one.
+#[tokio::test]
+async fn http2_client_connections_use_their_own_workers_hydra_connections() {
+    let (_kratos, hydra, iris) = front().await;
+    let workers = iris::server::public_workers();
+    let before = hydra.public_connections();
+    let url = format!("{}{USERINFO}", iris.url());
+    // Each reqwest client opens one HTTP/2 connection to Iris, dealt to the next worker.
+    let mut clients = Vec::new();
+    for opened in 1..=workers + 1 {
+        let client = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap();
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        assert_eq!(answer(response).await.status, 200);
+        assert_eq!(
+            hydra.public_connections() - before,
+            opened.min(workers),
+            "client connection {opened} of {} on {workers} workers",
+            workers + 1
+        );
+        clients.push(client);
+    }
 }
