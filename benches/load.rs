@@ -15,7 +15,7 @@
 //! BENCH_SESSIONS (1000), BENCH_KRATOS_DELAY_MS (2), BENCH_IDLE_CONNECTIONS (10000),
 //! BENCH_ROUNDS (3: every step is measured once per round and the median run is reported),
 //! BENCH_QUIET (1: request logging off in Iris and nginx; default on in both, to files),
-//! BENCH_ONLY (comma-separated groups to run: pass-through, exchange, latency; default all;
+//! BENCH_ONLY (comma-separated groups to run: pass-through, reconnect, exchange, latency; default all;
 //! BENCH_IDLE_CONNECTIONS=0 skips the memory step), BENCH_OUT (also write the Markdown report
 //! there), IRIS_BIN (default target/release/iris), IRIS_BIN_COMPARE (another build of Iris, say
 //! of the previous commit: it runs beside the first, twice, with and without the session cache,
@@ -296,6 +296,8 @@ fn ticks_per_second() -> f64 {
 #[derive(Clone, Copy)]
 enum Mode {
     Get,
+    /// GET with `Connection: close`: every request on a new connection.
+    GetClose,
     Whoami,
     /// The token exchange for an access token alone: one signed JWT, as the baseline makes.
     Exchange,
@@ -307,6 +309,7 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::Get => "get",
+            Mode::GetClose => "get_close",
             Mode::Whoami => "whoami",
             Mode::Exchange => "exchange",
             Mode::ExchangeWithIdToken => "exchange_openid",
@@ -905,6 +908,14 @@ async fn run(s: Settings, nofile: u64) -> String {
                 Some(proc.pid()),
             ),
             step(
+                "reconnect",
+                compare_label("Iris"),
+                &pass,
+                Mode::GetClose,
+                c,
+                Some(proc.pid()),
+            ),
+            step(
                 "exchange",
                 compare_label("Iris, cache hits"),
                 &token,
@@ -936,6 +947,22 @@ async fn run(s: Settings, nofile: u64) -> String {
             "Iris",
             &iris_pass_url,
             Mode::Get,
+            c,
+            Some(cached_pid),
+        ),
+        step(
+            "reconnect",
+            "nginx",
+            &nginx_url,
+            Mode::GetClose,
+            c,
+            Some(nginx.pid()),
+        ),
+        step(
+            "reconnect",
+            "Iris",
+            &iris_pass_url,
+            Mode::GetClose,
             c,
             Some(cached_pid),
         ),

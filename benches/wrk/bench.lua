@@ -1,5 +1,6 @@
 -- The one wrk script of benches/load.rs. BENCH_MODE picks the request:
 --   get       the URL as given, with no per-request Lua (wrk's fastest path): pass-through
+--   get_close the same with "Connection: close": a new connection for every request
 --   whoami    GET with X-Session-Token: a direct call to the Kratos stand-in
 --   exchange  POST the RFC 8693 form (Basic client authentication from BENCH_AUTHORIZATION)
 --             with scope "email": Iris answers an access token, one signed JWT, as the cookbook
@@ -33,7 +34,9 @@ local function token()
   return string.format("ory_st_bench%027d", counter % sessions)
 end
 
-if mode == "exchange" or mode == "exchange_openid" then
+if mode == "get_close" then
+  wrk.headers["Connection"] = "close"
+elseif mode == "exchange" or mode == "exchange_openid" then
   local headers = {
     ["Content-Type"] = "application/x-www-form-urlencoded",
     ["Authorization"] = authorization,
