@@ -122,9 +122,10 @@ fn serve(files: &[PathBuf]) -> ExitCode {
     };
     crate::telemetry::init(&settings.log);
     // Public connections run on per-core runtimes of their own (server::workers); this one
-    // accepts connections and serves the admin listener and background work.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    // accepts connections and serves the admin listener and background work. Single-threaded:
+    // the accept loop then runs on the thread that polls the listener, where a runtime with a
+    // worker thread woke the main thread from that worker for every new connection.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .on_thread_park(crate::telemetry::on_park)
         .build()
