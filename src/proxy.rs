@@ -1,12 +1,11 @@
 //! Pass-through to Hydra's public port: method, path, query, headers and body unchanged and
 //! streamed both ways over keep-alive connections, minus hop-by-hop headers (RFC 9110 §7.6.1),
 //! with `X-Forwarded-*` set by Iris and never taken from the client (BCP-7). A plain HTTP/1 client
-//! connection sends its requests on its own upstream connection ([`lane`]); the others share a
-//! pooled client.
+//! connection sends its requests on its own upstream connection ([`lane`]); the others go through
+//! a pooled client of their worker thread.
 
 mod lane;
 
-use crate::upstream::PerWorker;
 use lane::IdlePool;
 pub use lane::{Lane, MAX_IDLE_UPSTREAMS, UPSTREAM_IDLE_TIMEOUT};
 
@@ -28,6 +27,7 @@ use rustls_pki_types::CertificateDer;
 use tower_service::Service;
 
 use crate::server::ResponseBody;
+use crate::upstream::PerWorker;
 
 /// The body of a forwarded request: streamed from the client, or the token-endpoint form Iris
 /// already read.

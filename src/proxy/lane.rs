@@ -8,7 +8,7 @@
 //! same: an HTTP/1 client connection keeps one upstream connection for its requests (HTTP/1 has
 //! one request in flight at a time), and the client connection's task polls it alongside its own
 //! hyper connection. When the client connection parks or closes, its upstream connection goes to
-//! a small idle pool for the next client connection to take.
+//! its worker thread's small idle pool for the next client connection on that thread to take.
 
 use std::convert::Infallible;
 use std::future::Future;
