@@ -186,7 +186,9 @@ impl Proxy {
                     parts.headers.insert(header::HOST, self.host.clone());
                 }
                 let request = Request::from_parts(parts, body);
-                lane::send(lane, self.idle.get(), || self.connect(), request)
+                // Boxed: connecting is rare, and inline its future would make every
+                // pass-through's future (copied on each move) several times larger.
+                lane::send(lane, self.idle.get(), || Box::pin(self.connect()), request)
                     .await
                     .map_err(|e| ProxyError::Unreachable(e.to_string()))?
             }

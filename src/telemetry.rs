@@ -54,8 +54,14 @@ tokio::task_local! {
 }
 
 /// Runs `work` with `context` as the current request.
-pub async fn in_request<F: std::future::Future>(context: RequestContext, work: F) -> F::Output {
-    REQUEST.scope(context, work).await
+///
+/// Not an `async fn`: that would hold `work` twice (the argument and the scope around it), and
+/// the request future is copied whole on every move.
+pub fn in_request<F: std::future::Future>(
+    context: RequestContext,
+    work: F,
+) -> impl std::future::Future<Output = F::Output> {
+    REQUEST.scope(context, work)
 }
 
 /// The request being served, if any.
