@@ -856,9 +856,11 @@ async fn run(s: Settings, nofile: u64) -> String {
     .await;
     drop(http);
 
-    // Memory: idle, then with the keep-alive connections held open.
+    // Memory: idle, then with the keep-alive connections held open. The first secret check
+    // above ran argon2 (19 MiB, freed at once): the reading waits past Iris's jemalloc
+    // dirty_decay_ms (1 s), or it reads 14 or 33 MiB depending on the moment.
     let cached_pid = iris_cached.pid();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss = proc_status_kib(cached_pid, "VmRSS");
     let idle_fds = open_fds(cached_pid);
     eprintln!("opening {} keep-alive connections", s.idle_connections);
