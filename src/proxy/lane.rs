@@ -89,8 +89,9 @@ pub struct IdlePool {
     gauge: Gauge,
 }
 
-/// A pool for each public worker (and one for other threads), their capacities adding up to
-/// [`MAX_IDLE_UPSTREAMS`], all counted on `gauge`.
+/// A pool for each public worker, their capacities adding up to [`MAX_IDLE_UPSTREAMS`], and one
+/// with worker 0's share for other threads (unused by `iris serve`, whose lanes all live on
+/// workers), all counted on `gauge`.
 pub fn per_worker(gauge: &Gauge, workers: usize) -> PerWorker<Arc<IdlePool>> {
     gauge.set(0);
     let workers = workers.max(1);

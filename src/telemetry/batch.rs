@@ -73,8 +73,8 @@ impl Drop for Batch {
 }
 
 /// Poisoning only means another thread panicked mid-line; the bytes are still worth writing.
-fn lock(lines: &Mutex<Vec<u8>>) -> MutexGuard<'_, Vec<u8>> {
-    lines.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Every batching thread's batch, so [`flush_all`] reaches threads that will not park again.
@@ -93,7 +93,7 @@ pub fn on_park() {
         }
         None => {
             let batch = batch.get_or_init(|| Arc::new(Batch::new(to_stderr)));
-            let mut all = BATCHES.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut all = lock(&BATCHES);
             all.retain(|held| held.strong_count() > 0);
             all.push(Arc::downgrade(batch));
         }
@@ -102,12 +102,7 @@ pub fn on_park() {
 
 /// Writes the lines every thread holds: before the process exits.
 pub fn flush_all() {
-    let all: Vec<Arc<Batch>> = BATCHES
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .iter()
-        .filter_map(Weak::upgrade)
-        .collect();
+    let all: Vec<Arc<Batch>> = lock(&BATCHES).iter().filter_map(Weak::upgrade).collect();
     for batch in all {
         let _ = batch.flush();
     }
