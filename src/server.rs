@@ -33,6 +33,7 @@ use crate::tokens::Minter;
 use crate::upstream::Roots;
 
 mod parking;
+mod wakeups;
 mod workers;
 
 use workers::Workers;

@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::wakeups::Wakeups;
 use super::{BoxError, Peer, ResponseBody};
 use crate::proxy::Lane;
 
@@ -141,6 +142,13 @@ where
         Tick,
         Stop,
     }
+    // The futures this task drives, each polled only when woken (see `wakeups`), in this order:
+    // the client's connection first, as `select!`'s `biased` did.
+    const CONNECTION: usize = 0;
+    const LANE: usize = 1;
+    const TICK: usize = 2;
+    const STOP: usize = 3;
+    let wakeups = Wakeups::<4>::new();
     let mut tick = pin!(tokio::time::sleep(PARK_IDLE_AFTER));
     // hyper counts a connection as idle only between exchanges, not before its first: one
     // waiting for (or reading) its first request head is never parked.
@@ -148,17 +156,17 @@ where
     // Once keep-alive is off, the connection ends by itself after its current exchange.
     let mut ending = false;
     loop {
-        let event = tokio::select! {
-            biased;
-            done = poll_fn(|cx| connection.poll_without_shutdown(cx)) => Event::Done(done),
-            // The lane's upstream connection moves in this task, next to the client's. (Polling
-            // the client's connection once more after the lane, to write an answer the lane just
-            // read without a trip through the run queue, measured slower: the extra poll costs
-            // more than the queue.)
-            never = poll_fn(|cx| lane.poll_drive(cx)) => match never {},
-            () = tick.as_mut(), if !ending => Event::Tick,
-            () = stop.as_mut(), if !ending => Event::Stop,
-        };
+        let event = poll_fn(|cx| {
+            wakeups.poll(cx, |future, cx| match future {
+                CONNECTION => connection.poll_without_shutdown(cx).map(Event::Done),
+                // The lane's upstream connection moves in this task, next to the client's.
+                LANE => lane.poll_drive(cx).map(|never| match never {}),
+                TICK if !ending => tick.as_mut().poll(cx).map(|()| Event::Tick),
+                STOP if !ending => stop.as_mut().poll(cx).map(|()| Event::Stop),
+                _ => Poll::Pending,
+            })
+        })
+        .await;
         match event {
             Event::Done(done) => {
                 done?;
@@ -167,6 +175,7 @@ where
             Event::Stop => {
                 ending = true;
                 Pin::new(&mut *connection).graceful_shutdown();
+                wakeups.wake(CONNECTION);
             }
             Event::Tick => {
                 let now = Instant::now();
@@ -178,8 +187,8 @@ where
                         // Idle, hyper closes its side at once; mid-exchange (a response body
                         // stalled after its handler finished), it finishes and then ends.
                         Pin::new(&mut *connection).graceful_shutdown();
-                        match poll_fn(|cx| Poll::Ready(connection.poll_without_shutdown(cx))).await
-                        {
+                        let mut cx = Context::from_waker(wakeups.waker(CONNECTION));
+                        match connection.poll_without_shutdown(&mut cx) {
                             Poll::Ready(done) => {
                                 done?;
                                 return Ok(Outcome::Parked);
@@ -190,6 +199,8 @@ where
                     Some(since) => tick.as_mut().reset(since + PARK_IDLE_AFTER),
                     None => tick.as_mut().reset(now + PARK_IDLE_AFTER),
                 }
+                // Polled again for its new deadline.
+                wakeups.wake(TICK);
             }
         }
     }
