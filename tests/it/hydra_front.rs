@@ -482,11 +482,7 @@ async fn a_hydra_private_key_jwt_client_exchanges_in_synthesize_mode() {
 async fn a_hydra_client_with_a_jwks_uri_is_verified_with_the_fetched_keys() {
     let f = front(IssueMode::Synthesize).await;
     let jwks_server = StaticJson::serve(json!({"keys": [public_jwk(jwt_client_key())]})).await;
-    let mut client = exchanging(HydraClient::new("uri-client"));
-    client.token_endpoint_auth_method = "private_key_jwt".into();
-    client.token_endpoint_auth_signing_alg = "ES256".into();
-    client.jwks_uri = jwks_server.url.clone();
-    f.hydra.add_client(client);
+    add_uri_client(&f, &jwks_server);
     let assertion = client_assertion(
         jwt_client_key(),
         "uri-client",
@@ -513,6 +509,111 @@ async fn a_hydra_client_with_a_jwks_uri_is_verified_with_the_fetched_keys() {
     post_form(&f.iris, &pairs, Auth::None)
         .await
         .assert_error(401, "invalid_client");
+}
+
+/// An exchange as `client_id` with a fresh private_key_jwt assertion (its own jti).
+async fn exchange_with_assertion(f: &Front, client_id: &str) -> Answer {
+    let assertion = client_assertion(jwt_client_key(), client_id, &f.hydra.token_url(), json!({}));
+    let pairs = exchange_form(
+        ALICE_TOKEN,
+        &[
+            ("client_assertion_type", ASSERTION_TYPE),
+            ("client_assertion", &assertion),
+        ],
+    );
+    post_form(&f.iris, &pairs, Auth::None).await
+}
+
+/// `exchange_with_assertion` `count` times at once; every answer's status.
+async fn concurrent_exchanges(
+    f: &std::sync::Arc<Front>,
+    client_id: &str,
+    count: usize,
+) -> Vec<u16> {
+    let exchanges: Vec<_> = (0..count)
+        .map(|_| {
+            let f = f.clone();
+            let client_id = client_id.to_owned();
+            tokio::spawn(async move { exchange_with_assertion(&f, &client_id).await.status })
+        })
+        .collect();
+    let mut statuses = Vec::with_capacity(count);
+    for exchange in exchanges {
+        statuses.push(exchange.await.unwrap());
+    }
+    statuses
+}
+
+/// Issue #6: concurrent exchanges by one Hydra client share one `GET /admin/clients/{id}`, and
+/// the record is then reused for `hydra.client_cache_ttl` (30 s by default).
+#[tokio::test]
+async fn concurrent_exchanges_of_one_hydra_client_make_one_client_lookup() {
+    let f = std::sync::Arc::new(front(IssueMode::Synthesize).await);
+    // Slow enough that all 50 arrive while the first lookup is in flight.
+    f.hydra.set_client_lookup_delay(Duration::from_secs(1));
+    let statuses = concurrent_exchanges(&f, "hydra-jwt", 50).await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    assert_eq!(f.hydra.client_lookups("hydra-jwt"), 1);
+    assert_eq!(exchange_with_assertion(&f, "hydra-jwt").await.status, 200);
+    assert_eq!(f.hydra.client_lookups("hydra-jwt"), 1, "cached");
+}
+
+/// Issue #6: a client lookup that failed (Hydra down) is not cached; the next exchange looks the
+/// client up again and succeeds. 503, never a credential error (DESIGN.md §5).
+#[tokio::test]
+async fn a_failed_client_lookup_is_not_cached() {
+    let f = front(IssueMode::Synthesize).await;
+    // Discovery and Hydra's keys are fetched while Hydra is up; only the new client's lookup fails.
+    assert_eq!(exchange_with_assertion(&f, "hydra-jwt").await.status, 200);
+    let jwks = json!({"keys": [public_jwk(jwt_client_key())]});
+    f.hydra.add_client(exchanging(HydraClient::private_key_jwt(
+        "late-jwt", jwks, "ES256",
+    )));
+    f.hydra.stop();
+    exchange_with_assertion(&f, "late-jwt")
+        .await
+        .assert_error(503, "temporarily_unavailable");
+    f.hydra.restart().await;
+    assert_eq!(exchange_with_assertion(&f, "late-jwt").await.status, 200);
+    assert_eq!(f.hydra.client_lookups("late-jwt"), 1);
+}
+
+/// A Hydra client whose keys are at a jwks_uri, `uri-client`, served by `jwks_server`.
+fn add_uri_client(f: &Front, jwks_server: &StaticJson) {
+    let mut client = exchanging(HydraClient::new("uri-client"));
+    client.token_endpoint_auth_method = "private_key_jwt".into();
+    client.token_endpoint_auth_signing_alg = "ES256".into();
+    client.jwks_uri = jwks_server.url.clone();
+    f.hydra.add_client(client);
+}
+
+/// Issue #6: concurrent assertions of a client with a jwks_uri share one fetch of its keys, which
+/// are then reused for `hydra.metadata_cache_ttl` (60 s by default).
+#[tokio::test]
+async fn concurrent_assertions_fetch_a_jwks_uri_once() {
+    let f = std::sync::Arc::new(front(IssueMode::Synthesize).await);
+    let jwks = json!({"keys": [public_jwk(jwt_client_key())]});
+    let jwks_server = StaticJson::start(jwks, Duration::from_secs(1), 0).await;
+    add_uri_client(&f, &jwks_server);
+    let statuses = concurrent_exchanges(&f, "uri-client", 30).await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    assert_eq!(jwks_server.served(), 1);
+    assert_eq!(exchange_with_assertion(&f, "uri-client").await.status, 200);
+    assert_eq!(jwks_server.served(), 1, "cached");
+}
+
+/// Issue #6: a jwks_uri that failed is not cached: the next assertion fetches the keys again.
+#[tokio::test]
+async fn a_failed_jwks_uri_fetch_is_not_cached() {
+    let f = front(IssueMode::Synthesize).await;
+    let jwks = json!({"keys": [public_jwk(jwt_client_key())]});
+    let jwks_server = StaticJson::start(jwks, Duration::ZERO, 1).await;
+    add_uri_client(&f, &jwks_server);
+    exchange_with_assertion(&f, "uri-client")
+        .await
+        .assert_error(503, "temporarily_unavailable");
+    assert_eq!(exchange_with_assertion(&f, "uri-client").await.status, 200);
+    assert_eq!(jwks_server.served(), 2);
 }
 
 /// In synthesize mode a Hydra client with a secret is invalid_client, and the description says
@@ -919,25 +1020,40 @@ async fn forward_mode_with_hydra_down_is_503() {
     .assert_error(503, "temporarily_unavailable");
 }
 
-/// A tiny server that answers every GET with one JSON document (a client's jwks_uri).
+/// A tiny server that answers every GET with one JSON document (a client's jwks_uri), after
+/// `delay`, and with 503 to its first `failures` requests; it counts what it served.
 struct StaticJson {
     url: String,
+    served: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl StaticJson {
     async fn serve(document: Value) -> StaticJson {
+        Self::start(document, Duration::ZERO, 0).await
+    }
+
+    async fn start(document: Value, delay: Duration, failures: usize) -> StaticJson {
+        use std::sync::atomic::{AtomicUsize, Ordering};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
         let body = bytes::Bytes::from(document.to_string());
+        let served = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = served.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let body = body.clone();
+                let counter = counter.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |_req| {
                         let body = body.clone();
+                        let nth = counter.fetch_add(1, Ordering::SeqCst);
                         async move {
+                            tokio::time::sleep(delay).await;
                             let mut response =
                                 hyper::Response::new(http_body_util::Full::new(body));
+                            if nth < failures {
+                                *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                            }
                             response
                                 .headers_mut()
                                 .insert("content-type", "application/json".parse().unwrap());
@@ -952,7 +1068,11 @@ impl StaticJson {
                 });
             }
         });
-        StaticJson { url }
+        StaticJson { url, served }
+    }
+
+    fn served(&self) -> usize {
+        self.served.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

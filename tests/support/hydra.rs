@@ -585,6 +585,8 @@ pub struct Hydra {
     open_public_connections: Arc<AtomicUsize>,
     /// Holds `GET /standin/gate` answers until opened (instrumentation, not Hydra).
     gate: Arc<watch::Sender<bool>>,
+    /// How long `GET /admin/clients/{id}` takes to answer (instrumentation, not Hydra).
+    client_lookup_delay: Arc<Mutex<Duration>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -612,6 +614,7 @@ impl Hydra {
             public_connections: Arc::default(),
             open_public_connections: Arc::default(),
             gate: Arc::new(watch::channel(false).0),
+            client_lookup_delay: Arc::default(),
         };
         hydra.spawn(public, admin);
         hydra
@@ -635,6 +638,21 @@ impl Hydra {
         let public = bind_again(self.public_addr).await;
         let admin = bind_again(self.admin_addr).await;
         self.spawn(public, admin);
+    }
+
+    /// Makes every later `GET /admin/clients/{id}` answer after `delay`, so that a test can have
+    /// many lookups of one client in flight at once (instrumentation, not Hydra).
+    pub fn set_client_lookup_delay(&self, delay: Duration) {
+        *self.client_lookup_delay.lock().unwrap() = delay;
+    }
+
+    /// How many `GET /admin/clients/{id}` requests the admin port received for this client.
+    pub fn client_lookups(&self, id: &str) -> usize {
+        let path = format!("/admin/clients/{id}");
+        self.admin_requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == path)
+            .count()
     }
 
     /// How many connections the public port has accepted since the stand-in started.
@@ -1743,6 +1761,11 @@ impl Hydra {
                 }
             }
             ("GET", ["admin", "clients", id]) => {
+                // TEST INSTRUMENTATION, not Hydra behaviour: a slow lookup on request.
+                let delay = *self.client_lookup_delay.lock().unwrap();
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
                 let state = self.state.lock().unwrap();
                 match state.clients.iter().find(|c| c.client.client_id == *id) {
                     // hydra.md §4: GET never returns the secret.
