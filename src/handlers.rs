@@ -433,7 +433,7 @@ async fn forward_token_request(
     };
     let body: ForwardBody = Full::new(body).map_err(|never| match never {}).boxed();
     match proxy
-        .forward(parts, body, peer.addr, peer.lane.as_ref())
+        .forward(parts, body, &peer.forwarded_for, peer.lane.as_ref())
         .await
     {
         Ok(response) => response,
@@ -457,7 +457,7 @@ async fn pass_through(
     let (parts, body) = request.into_parts();
     let started = Instant::now();
     let forwarded = proxy
-        .forward(parts, body.boxed(), peer.addr, peer.lane.as_ref())
+        .forward(parts, body.boxed(), &peer.forwarded_for, peer.lane.as_ref())
         .await;
     app.metrics
         .upstream("hydra", "pass_through", started.elapsed());

@@ -9,7 +9,7 @@ mod lane;
 use lane::IdlePool;
 pub use lane::{Lane, MAX_IDLE_UPSTREAMS, UPSTREAM_IDLE_TIMEOUT};
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +63,13 @@ const DROPPED: [HeaderName; 11] = [
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The `X-Forwarded-For` value for a client at `ip`: its address alone, never a list taken from
+/// the client (BCP-7).
+pub fn forwarded_for(ip: IpAddr) -> HeaderValue {
+    // An IP address's text is always a valid header value.
+    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -155,7 +162,7 @@ impl Proxy {
         &self,
         mut parts: http::request::Parts,
         body: ForwardBody,
-        peer: SocketAddr,
+        forwarded_for: &HeaderValue,
         lane: Option<&Lane>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -170,9 +177,7 @@ impl Proxy {
         strip_hop_by_hop(headers);
         headers.remove(&X_FORWARDED_PROTO);
         headers.remove(&X_FORWARDED_HOST);
-        if let Ok(peer) = HeaderValue::from_str(&peer.ip().to_string()) {
-            headers.insert(X_FORWARDED_FOR, peer);
-        }
+        headers.insert(X_FORWARDED_FOR, forwarded_for.clone());
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.scheme));
         if let Some(host) = original_host {
             headers.insert(X_FORWARDED_HOST, host);

@@ -44,10 +44,20 @@ pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
 /// Who sent a request, and the client connection's lane to Hydra when it has one.
 #[derive(Clone)]
 pub struct Peer {
-    /// The client's address.
-    pub addr: SocketAddr,
+    /// The client's address as `X-Forwarded-For` carries it, formatted once per connection.
+    pub forwarded_for: http::HeaderValue,
     /// The upstream connection this client connection drives itself (plain HTTP/1 only).
     pub lane: Option<Lane>,
+}
+
+impl Peer {
+    /// The peer of a connection from `addr`.
+    pub fn new(addr: SocketAddr, lane: Option<Lane>) -> Peer {
+        Peer {
+            forwarded_for: crate::proxy::forwarded_for(addr.ip()),
+            lane,
+        }
+    }
 }
 
 /// Limits and timeouts of the listeners, in one place.
@@ -534,10 +544,7 @@ impl Builders {
     {
         // Boxed: an idle keep-alive connection then holds a pointer, not a full-size
         // handler future (about 14 KB each, measured with 10 000 connections).
-        let peer = Peer {
-            addr: peer,
-            lane: None,
-        };
+        let peer = Peer::new(peer, None);
         let service = service_fn(move |req| Box::pin(handler(req, peer.clone())));
         let io = TokioIo::new(io);
         match protocol {

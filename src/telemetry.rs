@@ -85,7 +85,12 @@ pub fn request_id(header: Option<&str>) -> String {
             let prefix =
                 *PREFIX.get_or_init(|| rand_core::RngCore::next_u64(&mut rand_core::OsRng));
             let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            format!("{prefix:016x}{count:016x}")
+            // `{prefix:016x}{count:016x}`, without the formatting machinery (a sixth of a
+            // pass-through's instructions went to formatting, callgrind).
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&prefix.to_be_bytes());
+            id[8..].copy_from_slice(&count.to_be_bytes());
+            hex::encode(id)
         }
     }
 }
@@ -117,5 +122,15 @@ mod tests {
             assert_ne!(Some(id.as_str()), bad);
         }
         assert_ne!(request_id(None), request_id(None));
+        // A per-process prefix, then a counter: the same first half, a different second half.
+        let (first, second) = (request_id(None), request_id(None));
+        assert_eq!(first[..16], second[..16]);
+        let count = |id: &str| u64::from_str_radix(&id[16..], 16).unwrap();
+        assert!(count(&second) > count(&first));
+        assert!(
+            first
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
     }
 }

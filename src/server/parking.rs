@@ -64,13 +64,11 @@ where
     let Stopping { signal, _watcher } = stopping;
     let mut stop = pin!(stopped(signal));
     let mut io = Rewind::new(stream, Bytes::new());
+    let peer = Peer::new(peer, Some(lane.clone()));
     loop {
         let handler = handler.clone();
         let requests = activity.clone();
-        let peer = Peer {
-            addr: peer,
-            lane: Some(lane.clone()),
-        };
+        let peer = peer.clone();
         let service = service_fn(move |req| {
             let in_flight = InFlight::start(&requests);
             let response = handler(req, peer.clone());

@@ -1161,10 +1161,7 @@ async fn a_requests_future_stays_small() {
             let service = hyper::service::service_fn(move |request| {
                 let (app, sizes) = (app.clone(), sizes.clone());
                 async move {
-                    let peer = iris::server::Peer {
-                        addr: peer,
-                        lane: None,
-                    };
+                    let peer = iris::server::Peer::new(peer, None);
                     let routed = iris::handlers::public(&app, request, peer);
                     sizes.lock().unwrap().push(std::mem::size_of_val(&routed));
                     Ok::<_, std::convert::Infallible>(routed.await)
