@@ -6,6 +6,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{LogConfig, LogFormat, LogLevel};
 
 mod batch;
+mod text;
 
 pub use batch::{flush_all, on_park};
 
@@ -36,7 +37,7 @@ pub fn init(log: &LogConfig) {
             .flatten_event(true)
             .with_current_span(false)
             .try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.event_format(text::TextLine::default()).try_init(),
     };
 }
 
