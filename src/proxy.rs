@@ -71,7 +71,8 @@ pub fn forwarded_for(ip: IpAddr) -> HeaderValue {
     HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// Removes hop-by-hop headers, including every header the `Connection` header names.
+/// Removes hop-by-hop headers, including every header the `Connection` header names; the others
+/// keep their order.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -80,9 +81,30 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(DROPPED.iter()) {
-        headers.remove(name);
+    // One pass over the names a message has (a handful) instead of a lookup for each name that
+    // could be there: most messages have none of them, and the lookups were 8 % of a
+    // pass-through's instructions (callgrind).
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| DROPPED.contains(name) || named.contains(name))
+        .cloned()
+        .collect();
+    if doomed.is_empty() {
+        return;
     }
+    // Rebuilt rather than removed from: `HeaderMap::remove` moves the last name into the gap.
+    let mut kept = HeaderMap::with_capacity(headers.len());
+    let mut current: Option<HeaderName> = None;
+    for (name, value) in headers.drain() {
+        // A name comes with its first value only; the rest follow with `None`.
+        if let Some(name) = name {
+            current = (!doomed.contains(&name)).then_some(name);
+        }
+        if let Some(name) = &current {
+            kept.append(name.clone(), value);
+        }
+    }
+    *headers = kept;
 }
 
 /// The connections to Hydra's public port.
@@ -277,9 +299,11 @@ mod tests {
     fn hop_by_hop_headers_and_those_connection_names_are_dropped() {
         let mut headers = HeaderMap::new();
         for (name, value) in [
+            ("accept", "*/*"),
             ("connection", "keep-alive, x-secret-hop"),
             ("keep-alive", "timeout=5"),
             ("x-secret-hop", "1"),
+            ("content-type", "text/plain"),
             ("te", "trailers"),
             ("upgrade", "h2c"),
             ("proxy-authorization", "Basic x"),
@@ -293,9 +317,25 @@ mod tests {
                 HeaderValue::from_static(value),
             );
         }
+        headers.append(
+            HeaderName::from_static("x-request-id"),
+            HeaderValue::from_static("twice"),
+        );
         strip_hop_by_hop(&mut headers);
-        let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, ["authorization", "x-request-id"]);
+        let left: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            left,
+            [
+                ("accept", "*/*"),
+                ("content-type", "text/plain"),
+                ("authorization", "Basic keep"),
+                ("x-request-id", "keep"),
+                ("x-request-id", "twice")
+            ]
+        );
     }
 
     #[test]
