@@ -38,6 +38,7 @@ install() {
 command -v valgrind >/dev/null || install valgrind
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || install nginx-light || install nginx
 command -v python3 >/dev/null || install python3
+command -v curl >/dev/null || install curl
 [ -x "${bins[0]}" ] || cargo build --release --locked
 
 work=$(mktemp -d)
