@@ -95,11 +95,7 @@ fn write_timestamp(writer: &mut Writer<'_>, now: SystemTime) -> fmt::Result {
         }
     };
     let mut fraction = *b".000000Z ";
-    let mut micros = since_epoch.subsec_micros();
-    for digit in fraction[1..7].iter_mut().rev() {
-        *digit = b'0' + (micros % 10) as u8;
-        micros /= 10;
-    }
+    put_digits(&mut fraction[1..7], since_epoch.subsec_micros());
     // Both are ASCII digits and punctuation.
     writer.write_str(std::str::from_utf8(&date).map_err(|_| fmt::Error)?)?;
     writer.write_str(std::str::from_utf8(&fraction).map_err(|_| fmt::Error)?)
@@ -110,19 +106,21 @@ fn date_and_time(seconds: u64) -> Option<[u8; 19]> {
     let at = time::OffsetDateTime::from_unix_timestamp(i64::try_from(seconds).ok()?).ok()?;
     let year = u32::try_from(at.year()).ok().filter(|year| *year <= 9999)?;
     let mut text = *b"0000-00-00T00:00:00";
-    let mut put = |at: usize, width: usize, mut value: u32| {
-        for digit in text[at..at + width].iter_mut().rev() {
-            *digit = b'0' + (value % 10) as u8;
-            value /= 10;
-        }
-    };
-    put(0, 4, year);
-    put(5, 2, u32::from(u8::from(at.month())));
-    put(8, 2, u32::from(at.day()));
-    put(11, 2, u32::from(at.hour()));
-    put(14, 2, u32::from(at.minute()));
-    put(17, 2, u32::from(at.second()));
+    put_digits(&mut text[0..4], year);
+    put_digits(&mut text[5..7], u32::from(u8::from(at.month())));
+    put_digits(&mut text[8..10], u32::from(at.day()));
+    put_digits(&mut text[11..13], u32::from(at.hour()));
+    put_digits(&mut text[14..16], u32::from(at.minute()));
+    put_digits(&mut text[17..19], u32::from(at.second()));
     Some(text)
+}
+
+/// Writes `value` into `digits` in decimal, zero-padded to their width.
+fn put_digits(digits: &mut [u8], mut value: u32) {
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 /// The library's own timestamp, for times this module does not write itself.
@@ -346,24 +344,16 @@ mod tests {
         let at = |secs: u64, micros: u64| {
             UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros)
         };
-        assert_eq!(timestamp(at(0, 0)), "1970-01-01T00:00:00.000000Z ");
-        assert_eq!(
-            timestamp(at(1_700_000_000, 123_456)),
-            "2023-11-14T22:13:20.123456Z "
-        );
-        // The cached second is only reused within that second.
-        assert_eq!(
-            timestamp(at(1_700_000_000, 999_999)),
-            "2023-11-14T22:13:20.999999Z "
-        );
-        assert_eq!(
-            timestamp(at(1_709_164_800, 7)),
-            "2024-02-29T00:00:00.000007Z "
-        );
-        assert_eq!(
-            timestamp(at(253_402_300_799, 0)),
-            "9999-12-31T23:59:59.000000Z "
-        );
+        for (secs, micros, text) in [
+            (0, 0, "1970-01-01T00:00:00.000000Z "),
+            (1_700_000_000, 123_456, "2023-11-14T22:13:20.123456Z "),
+            // The cached second is reused within that second, with the new fraction.
+            (1_700_000_000, 999_999, "2023-11-14T22:13:20.999999Z "),
+            (1_709_164_800, 7, "2024-02-29T00:00:00.000007Z "),
+            (253_402_300_799, 0, "9999-12-31T23:59:59.000000Z "),
+        ] {
+            assert_eq!(timestamp(at(secs, micros)), text);
+        }
     }
 
     #[test]
